@@ -1,0 +1,55 @@
+"""The config schema every experiment starts from: `base_config()` then fill in.
+
+Configs (configs/*.py) call base_config() and set what differs. Fields may be added here;
+renaming one breaks every config, so don't. Model-specific fields (sizes, dtype, remat,
+scan) live in the `model` section, whose keys are the family dataclass's fields.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # model.name picks the family (jaxmodels.models.FAMILIES); other keys are the family
+    # Config fields, optionally starting from a named size: model.size = "gpt2".
+    c.model = ml_collections.ConfigDict({"name": ""})
+    # task.name: "lm" | "diffusion"; other keys are task options.
+    c.task = ml_collections.ConfigDict({"name": "lm"})
+    # data: source ("embedded" | "file" | "tfds" | ...), path, tokenizer, seq_len, ...
+    c.data = ml_collections.ConfigDict({"source": "embedded", "path": ""})
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-3,                # peak learning rate
+        min_lr=1e-4,            # cosine floor
+        warmup_steps=100,
+        schedule="cosine",      # "cosine" | "constant"
+        decay_steps=-1,         # -1: decay over train.steps
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        weight_decay=0.1,       # never applied to norms, biases or any 1-D param
+        clip_norm=1.0,          # global-norm clipping; 0 disables
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000,
+        batch_size=64,          # examples per optimizer step (all micro-batches together)
+        micro_batches=1,        # gradient accumulation: batch_size / micro_batches each
+        seed=0,
+        log_every=10,
+        eval_every=250,
+        eval_batches=10,
+        checkpoint_every=250,
+        max_to_keep=3,
+        ema_decay=0.0,          # 0 disables the EMA of params
+        ema_warmup=False,       # decay min(ema_decay, (1+n)/(10+n)) as in DiT/timm warm-up
+        progress=True,          # tqdm progress bar
+        tensorboard=False,
+        workdir="",             # default: runs/<config name>
+    ))
+    c.memory = ml_collections.ConfigDict(dict(
+        budget_gb=12.0,         # XLA allocator cap on GPU and the fit check before step 0
+        check=True,
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: all devices on the data axis
+    c.init_from = ""            # pretrained checkpoint: a launch.convert output or HF folder
+    return c
