@@ -7,6 +7,11 @@ kv heads, head dim] with heads % kv heads == 0 (grouped-query attention when K <
 shapes allow) and an XLA softmax(QK^T)V elsewhere. Decoding with a cache needs queries at
 absolute positions `q_offset ...` attending to a cache whose first `kv_len` slots are
 valid; that case is expressed with an explicit boolean mask.
+
+Dropout on the attention probabilities (GPT-2's attn_pdrop, nanoGPT's dropout) cannot be
+expressed through jax.nn.dot_product_attention, so training with dropout_rate > 0 takes
+the explicit einsum + f32 softmax path (`attention_einsum`), which also serves as the
+reference the tests compare against.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ def attention(
     window: Optional[int] = None,
     scale: Optional[float] = None,
     implementation: Optional[str] = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Optional[jax.Array] = None,
 ) -> jax.Array:
     """Scaled dot-product attention; returns out_BTHD in q's dtype.
 
@@ -35,15 +42,32 @@ def attention(
       are a KV cache. Queries then sit at q_offset + arange(T).
     kv_len: number of valid key slots (scalar); slots >= kv_len are masked. Defaults to all.
     window: sliding-window size (Mistral): key j is visible to query i iff i - j < window.
-    implementation: None (let JAX choose), "xla" or "cudnn".
+    implementation: None (let JAX choose), "xla" or "cudnn"; "einsum" forces the explicit path.
+    dropout_rate, dropout_rng: dropout on the attention probabilities (training only; both
+      must be set for it to apply).
     """
     T, S = q_BTHD.shape[1], k_BSKD.shape[1]
+    use_dropout = dropout_rate > 0.0 and dropout_rng is not None
+    if use_dropout or implementation == "einsum":
+        mask_TS = attention_mask(T, S, causal=causal, q_offset=q_offset, kv_len=kv_len, window=window)
+        return attention_einsum(q_BTHD, k_BSKD, v_BSKD, mask_TS, scale=scale,
+                                dropout_rate=dropout_rate if use_dropout else 0.0,
+                                dropout_rng=dropout_rng)
     if q_offset is None and kv_len is None:
         # Aligned self-attention: the fast path (cuDNN flash attention on GPU).
         local = None if window is None else (window - 1, 0)
         return jax.nn.dot_product_attention(
             q_BTHD, k_BSKD, v_BSKD, scale=scale, is_causal=causal,
             local_window_size=local, implementation=implementation)
+    mask_TS = attention_mask(T, S, causal=causal, q_offset=q_offset, kv_len=kv_len, window=window)
+    return jax.nn.dot_product_attention(
+        q_BTHD, k_BSKD, v_BSKD, mask=mask_TS[None, None], scale=scale,
+        implementation=implementation)
+
+
+def attention_mask(T: int, S: int, *, causal: bool = True, q_offset: Optional[jax.Array] = None,
+                   kv_len: Optional[jax.Array] = None, window: Optional[int] = None) -> jax.Array:
+    """Boolean mask_TS: True where query t (at absolute position q_offset + t) sees key s."""
     offset = jnp.asarray(0 if q_offset is None else q_offset, jnp.int32)
     q_pos_T = offset + jnp.arange(T, dtype=jnp.int32)
     k_pos_S = jnp.arange(S, dtype=jnp.int32)
@@ -54,9 +78,32 @@ def attention(
         mask_TS &= k_pos_S[None, :] <= q_pos_T[:, None]
     if window is not None:
         mask_TS &= q_pos_T[:, None] - k_pos_S[None, :] < window
-    return jax.nn.dot_product_attention(
-        q_BTHD, k_BSKD, v_BSKD, mask=mask_TS[None, None], scale=scale,
-        implementation=implementation)
+    return mask_TS
+
+
+def attention_einsum(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
+                     mask_TS: Optional[jax.Array] = None, *, scale: Optional[float] = None,
+                     dropout_rate: float = 0.0, dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+    """softmax(q k^T * scale + mask) v written out with einsums; logits and softmax in f32.
+
+    Grouped-query attention: the H query heads are split into K groups of G = H / K that
+    share one key/value head. Returns out_BTHD in q's dtype.
+    """
+    B, T, H, D = q_BTHD.shape
+    K = k_BSKD.shape[2]
+    G = H // K
+    scale = D ** -0.5 if scale is None else scale
+    q_BTKGD = q_BTHD.reshape(B, T, K, G, D)
+    logits_BKGTS = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD,
+                              preferred_element_type=jnp.float32) * scale
+    if mask_TS is not None:
+        logits_BKGTS = jnp.where(mask_TS, logits_BKGTS, jnp.finfo(jnp.float32).min)
+    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BKGTS.shape)
+        probs_BKGTS = jnp.where(keep, probs_BKGTS / (1.0 - dropout_rate), 0.0)
+    out_BTKGD = jnp.einsum("bkgts,bskd->btkgd", probs_BKGTS.astype(v_BSKD.dtype), v_BSKD)
+    return out_BTKGD.reshape(B, T, H, D).astype(q_BTHD.dtype)
 
 
 def init_kv_cache(batch: int, max_len: int, kv_heads: int, head_dim: int,

@@ -31,12 +31,15 @@ def remat_block(block_cls, policy: str, static_argnums: tuple = ()):
 
 
 def scan_blocks(block_cls, n_layers: int, policy: str = "none", *, in_axes=(),
-                static_argnums: tuple = (), name: Optional[str] = None, **block_kwargs):
+                static_argnums: tuple = (), name: Optional[str] = None, unroll: int = 1,
+                **block_kwargs):
     """Returns a module applying `n_layers` copies of block_cls in sequence via nn.scan.
 
     The block's __call__ must be `(carry, *xs) -> (carry, ys)`; params get a leading
     [n_layers] axis. in_axes: one entry per extra argument (0 to scan over it, e.g. a
     per-layer KV cache; nn.broadcast to share it, e.g. positions or a mask).
+    unroll: passed to nn.scan; unroll=n_layers unrolls the loop (a config's
+    scan_layers=False) while keeping the same stacked param layout.
     """
     block = remat_block(block_cls, policy, static_argnums)
     scanned = nn.scan(
@@ -45,5 +48,6 @@ def scan_blocks(block_cls, n_layers: int, policy: str = "none", *, in_axes=(),
         split_rngs={"params": True, "dropout": True},
         in_axes=in_axes,
         length=n_layers,
+        unroll=unroll,
     )
     return scanned(name=name, **block_kwargs)

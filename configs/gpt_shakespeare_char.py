@@ -1,0 +1,68 @@
+"""nanoGPT's character-level Shakespeare GPT (config/train_shakespeare_char.py), plus variants.
+
+    # the full run (6 layers, 6 heads, 384 wide, block 256; ~5000 steps; a GPU job):
+    python -m launch.train --config configs/gpt_shakespeare_char.py \
+        --config.data.path=../shared/data/tinyshakespeare.txt
+    # nanoGPT README's CPU "baby GPT" (4/4/128, block 64, batch 12, 200 steps):
+    python -m launch.train --config configs/gpt_shakespeare_char.py:baby \
+        --config.data.path=../shared/data/tinyshakespeare.txt
+    # no data file needed: the baby GPT on the Python standard library's sources (byte-level)
+    python -m launch.train --config configs/gpt_shakespeare_char.py:embedded
+    # tiny model, ~20 steps on the embedded corpus (tests)
+    python -m launch.train --config configs/gpt_shakespeare_char.py:smoke
+
+tinyshakespeare.txt (1,115,394 characters, 65 distinct) is char-rnn's `input.txt`:
+https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
+"""
+from jaxmodels.config import ConfigError
+from jaxmodels.data.text import lm_data_config
+from jaxmodels.tasks.lm import lm_task_config, model_section
+from jaxmodels.train.defaults import base_config
+
+VARIANTS = ("baby", "embedded", "smoke")
+
+WHERE_TO_GET_IT = (
+    "Get tiny Shakespeare (char-rnn's input.txt, 1,115,394 bytes) from "
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt "
+    "into data/tinyshakespeare.txt, or pass --config.data.path=<its path> "
+    "(in this workspace: ../shared/data/tinyshakespeare.txt). "
+    "To train without it: configs/gpt_shakespeare_char.py:embedded.")
+
+
+def get_config(arg=None):
+    if arg not in (None,) + VARIANTS:
+        raise ConfigError(f"unknown variant {arg!r} of gpt_shakespeare_char.py; valid: {', '.join(VARIANTS)}")
+    c = base_config()
+    # nanoGPT train_shakespeare_char.py: 6/6/384, block 256, dropout 0.2, bias False, exact GELU.
+    c.model = model_section("gpt", "shakespeare-char", vocab_size=65, dtype="float32", remat="none")
+    c.task = lm_task_config(sample_tokens=200, sample_prompt=16)
+    c.data = lm_data_config(source="file", path="data/tinyshakespeare.txt", path_help=WHERE_TO_GET_IT,
+                            tokenizer="char", seq_len=256, max_bytes=0)
+    c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", decay_steps=5000,
+                   b1=0.9, b2=0.99, weight_decay=0.1, clip_norm=1.0)
+    c.train.update(steps=5000, batch_size=64, micro_batches=1, log_every=10, eval_every=250,
+                   eval_batches=200, checkpoint_every=250)
+
+    if arg in ("baby", "embedded"):
+        # nanoGPT README, "I only have a macbook": 4/4/128, block 64, batch 12, no dropout.
+        c.model = model_section("gpt", "baby-shakespeare", vocab_size=65, dropout=0.0)
+        c.data.seq_len = 64
+        c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, decay_steps=-1)
+        c.train.update(steps=200, batch_size=12, eval_every=100, eval_batches=20, checkpoint_every=100)
+        c.task.sample_tokens = 48
+    if arg == "embedded":
+        # Python's own standard library as the corpus: on every machine, nothing to download.
+        # Bytes, not characters: a fixed 256-entry vocab whatever the Python version's sources.
+        c.data.update(source="embedded", path="", tokenizer="byte", max_bytes=2_000_000)
+        c.model.vocab_size = 256
+        c.train.update(steps=1000, eval_every=250, checkpoint_every=250)
+    if arg == "smoke":
+        c.model = model_section("gpt", "baby-shakespeare", n_layer=2, n_head=2, n_embd=32,
+                                block_size=32, dropout=0.0, vocab_size=256)
+        c.data.update(source="embedded", path="", tokenizer="byte", seq_len=32, max_bytes=300_000)
+        c.optim.update(lr=3e-3, min_lr=3e-4, warmup_steps=5, decay_steps=-1)
+        c.train.update(steps=20, batch_size=8, log_every=5, eval_every=10, eval_batches=2,
+                       checkpoint_every=10, progress=False)
+        c.task.update(sample_tokens=16, sample_prompt=8)
+        c.memory.check = False
+    return c

@@ -1,0 +1,128 @@
+"""Autoregressive decoding for every causal LM that follows the contract in jaxmodels/models.
+
+The prompt is processed in one call (prefill, filling the KV cache / recurrent state), then
+a jitted `lax.scan` runs one-token steps. Nothing here knows the family: it only calls
+`model.init_decode_state(batch, max_len, dtype)` and
+`model.apply({"params": p}, tokens, decode_state=s, pos=pos) -> (logits, s)`.
+
+One compiled function per (model, batch, prompt length, new tokens, sampling mode); the
+model and sizes are static, params / prompt / rng / temperature / top_p are traced.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def _state_dtype(model) -> Any:
+    """The cache dtype: the model config's compute dtype when it names one, else f32."""
+    for attr in ("cfg", "config"):
+        name = getattr(getattr(model, attr, None), "dtype", None)
+        if isinstance(name, str):
+            return jnp.dtype(name)
+    return jnp.float32
+
+
+def filter_logits(logits_BV: jax.Array, top_k: Optional[int] = None,
+                  top_p: Optional[jax.Array] = None) -> jax.Array:
+    """Sets logits outside the top-k / nucleus (top-p) set to -inf (f32 in, f32 out)."""
+    neg_inf = jnp.asarray(-jnp.inf, logits_BV.dtype)
+    if top_k is not None and top_k < logits_BV.shape[-1]:
+        kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][..., -1:]
+        logits_BV = jnp.where(logits_BV < kth_B1, neg_inf, logits_BV)
+    if top_p is not None:
+        sorted_BV = jnp.sort(logits_BV, axis=-1)[..., ::-1]
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass;
+        # the most likely token is always kept.
+        mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+        kept_BV = jnp.where(mass_before_BV < top_p, sorted_BV, jnp.inf)
+        threshold_B1 = jnp.min(kept_BV, axis=-1, keepdims=True)
+        logits_BV = jnp.where(logits_BV < threshold_B1, neg_inf, logits_BV)
+    return logits_BV
+
+
+def _pick(logits_BV, rng, temperature, greedy: bool, top_k, top_p):
+    if greedy:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    logits_BV = filter_logits(logits_BV.astype(jnp.float32) / temperature, top_k, top_p)
+    return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def _decoder(model, batch: int, prompt_len: int, max_new_tokens: int, greedy: bool,
+             top_k: Optional[int], use_top_p: bool, state_dtype):
+    """The jitted prefill + scan for one shape / mode (cached: compiled once per key)."""
+
+    def run(params, prompt_BP, rng, temperature, top_p):
+        top_p = top_p if use_top_p else None
+        state = model.init_decode_state(batch, prompt_len + max_new_tokens - 1, state_dtype)
+        logits_BPV, state = model.apply({"params": params}, prompt_BP, decode_state=state,
+                                        pos=jnp.zeros((), jnp.int32))
+        rng, sub = jax.random.split(rng)
+        first_B = _pick(logits_BPV[:, -1], sub, temperature, greedy, top_k, top_p)
+
+        def step(carry, _):
+            state, token_B, pos, rng = carry
+            logits_B1V, state = model.apply({"params": params}, token_B[:, None],
+                                            decode_state=state, pos=pos)
+            rng, sub = jax.random.split(rng)
+            next_B = _pick(logits_B1V[:, -1], sub, temperature, greedy, top_k, top_p)
+            return (state, next_B, pos + 1, rng), next_B
+
+        carry = (state, first_B, jnp.asarray(prompt_len, jnp.int32), rng)
+        _, rest_NB = jax.lax.scan(step, carry, None, length=max_new_tokens - 1)
+        new_BN = jnp.concatenate([first_B[:, None], rest_NB.T], axis=1)
+        return jnp.concatenate([prompt_BP, new_BN], axis=1)
+
+    return jax.jit(run)
+
+
+def _check_prompt(prompt) -> jax.Array:
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ValueError(f"prompt must be int tokens [batch, length], got {prompt.dtype}{list(prompt.shape)}")
+    if prompt.shape[1] < 1:
+        raise ValueError("prompt needs at least one token (e.g. the BOS / end-of-text token)")
+    return prompt.astype(jnp.int32)
+
+
+def greedy(model, params: PyTree, prompt, max_new_tokens: int, state_dtype=None) -> jax.Array:
+    """Greedy decoding: returns tokens [B, P + max_new_tokens] (the prompt included)."""
+    prompt = _check_prompt(prompt)
+    if max_new_tokens <= 0:
+        return prompt
+    fn = _decoder(model, prompt.shape[0], prompt.shape[1], int(max_new_tokens), True, None, False,
+                  jnp.dtype(state_dtype or _state_dtype(model)))
+    return fn(params, prompt, jax.random.key(0), jnp.float32(1.0), jnp.float32(1.0))
+
+
+def sample(model, params: PyTree, prompt, max_new_tokens: int, rng: jax.Array,
+           temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+           state_dtype=None) -> jax.Array:
+    """Samples with temperature, then optional top-k and nucleus (top-p) filtering.
+
+    temperature == 0 means greedy. Returns tokens [B, P + max_new_tokens].
+    """
+    if temperature == 0:
+        return greedy(model, params, prompt, max_new_tokens, state_dtype)
+    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+    prompt = _check_prompt(prompt)
+    if max_new_tokens <= 0:
+        return prompt
+    fn = _decoder(model, prompt.shape[0], prompt.shape[1], int(max_new_tokens), False,
+                  None if top_k is None else int(top_k), top_p is not None,
+                  jnp.dtype(state_dtype or _state_dtype(model)))
+    return fn(params, prompt, rng, jnp.float32(temperature), jnp.float32(1.0 if top_p is None else top_p))
+
+
+def to_numpy(tokens: jax.Array) -> np.ndarray:
+    """Host copy of generated tokens (for tokenizers' decode)."""
+    return np.asarray(jax.device_get(tokens))

@@ -1,0 +1,77 @@
+"""Feed-forward blocks: the GELU MLP (GPT-2, DiT) and the SwiGLU MLP (LLaMA, Mistral, Qwen).
+
+Params f32, compute in `dtype`. `dense` is the Dense class to use, so LoRA or quantised
+layers (jaxmodels.layers.lora / quant) can be swapped in without a second MLP; it is called
+as dense(features, use_bias=..., dtype=..., kernel_init=..., name=...).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
+
+GELU_KINDS = ("exact", "tanh")
+
+
+def gelu(x: jax.Array, kind: str) -> jax.Array:
+    """GELU: "exact" (erf; PyTorch nn.GELU(), nanoGPT) or "tanh" (HF gpt2's gelu_new, minGPT)."""
+    if kind not in GELU_KINDS:
+        raise ValueError(f"unknown gelu {kind!r}; valid: {', '.join(GELU_KINDS)}")
+    return jax.nn.gelu(x, approximate=(kind == "tanh"))
+
+
+class GeluMLP(nn.Module):
+    """x -> fc (d -> hidden) -> GELU -> proj (hidden -> d) -> dropout.
+
+    hidden: defaults to 4 * d. proj_init: GPT-2 scales the residual projection's init by
+    1/sqrt(2 * n_layer); pass that initializer here.
+    """
+    hidden: Optional[int] = None
+    use_bias: bool = True
+    gelu: str = "tanh"
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = DEFAULT_INIT
+    proj_init: Optional[Initializer] = None
+    dense: Callable[..., nn.Module] = nn.Dense
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array, deterministic: bool = True) -> jax.Array:
+        d = x_BTD.shape[-1]
+        hidden = self.hidden or 4 * d
+        h_BTF = self.dense(hidden, use_bias=self.use_bias, dtype=self.dtype,
+                           kernel_init=self.kernel_init, name="fc")(x_BTD)
+        h_BTF = gelu(h_BTF, self.gelu)
+        y_BTD = self.dense(d, use_bias=self.use_bias, dtype=self.dtype,
+                           kernel_init=self.proj_init or self.kernel_init, name="proj")(h_BTF)
+        return nn.Dropout(self.dropout)(y_BTD, deterministic=deterministic)
+
+
+class SwiGLUMLP(nn.Module):
+    """LLaMA's feed-forward: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases by default.
+
+    hidden: the intermediate size (LLaMA-7B: 11008). down_init: the down projection's
+    initializer (defaults to kernel_init).
+    """
+    hidden: int
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = DEFAULT_INIT
+    down_init: Optional[Initializer] = None
+    dense: Callable[..., nn.Module] = nn.Dense
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        d = x_BTD.shape[-1]
+        gate_BTF = self.dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype,
+                              kernel_init=self.kernel_init, name="gate_proj")(x_BTD)
+        up_BTF = self.dense(self.hidden, use_bias=self.use_bias, dtype=self.dtype,
+                            kernel_init=self.kernel_init, name="up_proj")(x_BTD)
+        return self.dense(d, use_bias=self.use_bias, dtype=self.dtype,
+                          kernel_init=self.down_init or self.kernel_init,
+                          name="down_proj")(nn.silu(gate_BTF) * up_BTF)

@@ -1,0 +1,91 @@
+"""A small trainable transformer over caption bytes: the offline text path for PixArt / U-Net.
+
+Real text-to-image models read frozen T5 / CLIP features (the "precomputed" path: the
+dataset stores `text_emb`). With no weights to download, the default path learns its own
+text encoder jointly with the backbone from raw UTF-8 bytes: vocab 256 bytes + PAD (256).
+
+Input: tokens int32 [N, L] (bytes, PAD = 256) and mask bool [N, L] (True = real token).
+Output: [N, L, width] features (pre-LN transformer, bidirectional attention restricted to
+real tokens, fixed sin-cos positions, final LayerNorm). Padded positions carry junk that
+every consumer masks out.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels.layers.embeddings import sincos_1d
+from jaxmodels.layers.mlp import GeluMLP
+from jaxmodels.layers.norms import LayerNorm
+from jaxmodels.layers.stack import remat_block, scan_blocks
+
+BYTE_VOCAB = 257  # 256 byte values + PAD
+PAD_ID = 256
+
+
+def encode_bytes(texts, length: int):
+    """Host-side helper: captions -> (tokens int32 [N, length], mask bool [N, length]).
+
+    UTF-8 bytes, truncated to `length`, right-padded with PAD_ID.
+    """
+    import numpy as np
+
+    tokens = np.full((len(texts), length), PAD_ID, np.int32)
+    mask = np.zeros((len(texts), length), bool)
+    for i, text in enumerate(texts):
+        data = np.frombuffer(text.encode("utf-8")[:length], np.uint8)
+        tokens[i, :len(data)] = data
+        mask[i, :len(data)] = True
+    return tokens, mask
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(LN(x)) then x + MLP(LN(x)); scan-compatible."""
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BLD: jax.Array, mask_BL: jax.Array):
+        from jaxmodels.models.dit import MultiHeadAttention  # shared attention module
+
+        h = LayerNorm(eps=1e-6, dtype=self.dtype, name="ln1")(x_BLD)
+        x_BLD = x_BLD + MultiHeadAttention(self.num_heads, dtype=self.dtype, name="attn")(
+            h, mask_BS=mask_BL)
+        h = LayerNorm(eps=1e-6, dtype=self.dtype, name="ln2")(x_BLD)
+        x_BLD = x_BLD + GeluMLP(hidden=int(x_BLD.shape[-1] * self.mlp_ratio), gelu="tanh",
+                                dtype=self.dtype, name="mlp")(h)
+        return x_BLD, None
+
+
+class TextEncoder(nn.Module):
+    """Byte-level caption encoder: tokens [N, L] -> features [N, L, width]."""
+    width: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dtype: Any = jnp.float32
+    remat: str = "none"
+    scan_layers: bool = True
+
+    @nn.compact
+    def __call__(self, tokens_BL: jax.Array, mask_BL: Optional[jax.Array] = None) -> jax.Array:
+        if mask_BL is None:
+            mask_BL = tokens_BL != PAD_ID
+        L = tokens_BL.shape[1]
+        x = nn.Embed(BYTE_VOCAB, self.width, embedding_init=nn.initializers.normal(0.02),
+                     name="tok_embed")(tokens_BL)
+        x = (x + jnp.asarray(sincos_1d(np.arange(L), self.width))[None]).astype(self.dtype)
+        kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype)
+        if self.scan_layers:
+            x, _ = scan_blocks(EncoderBlock, self.depth, self.remat,
+                               in_axes=(nn.broadcast,), name="blocks", **kwargs)(x, mask_BL)
+        else:
+            block_cls = remat_block(EncoderBlock, self.remat)
+            for i in range(self.depth):
+                x, _ = block_cls(name=f"blocks_{i}", **kwargs)(x, mask_BL)
+        return LayerNorm(eps=1e-6, dtype=self.dtype, name="ln_f")(x)

@@ -1,0 +1,54 @@
+"""Builds what the loop, the memory check and load_params share: optimizer, trainable mask,
+fresh (or abstract) TrainState — so all three see exactly the same state structure."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+import optax
+
+from jaxmodels.train.optim import make_optimizer
+from jaxmodels.train.state import TrainState, create_state
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Setup:
+    optimizer: optax.GradientTransformation
+    schedule: Callable
+    trainable: Optional[PyTree]      # bool pytree or None (everything trains)
+    abstract_params: PyTree
+    abstract_state: TrainState
+
+
+def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(params-init key, training key) from the config seed."""
+    root = jax.random.PRNGKey(int(seed))
+    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+
+
+def make_setup(task, cfg: ml_collections.ConfigDict) -> Setup:
+    """Optimizer, schedule and abstract state (nothing allocated: jax.eval_shape only)."""
+    init_key, train_key = root_keys(cfg.train.seed)
+    abstract_params = jax.eval_shape(task.init_params, init_key)
+    trainable = task.trainable_mask(abstract_params)
+    optimizer, schedule = make_optimizer(cfg.optim, int(cfg.train.steps), trainable)
+    ema_decay = float(cfg.train.ema_decay)
+    abstract_state = jax.eval_shape(lambda p, k: create_state(p, optimizer, k, ema_decay),
+                                    abstract_params, train_key)
+    return Setup(optimizer, schedule, trainable, abstract_params, abstract_state)
+
+
+def fresh_state(task, cfg: ml_collections.ConfigDict, setup: Setup, sharding=None) -> TrainState:
+    """Initialized params (or config.init_from's) wrapped in a new TrainState."""
+    init_key, train_key = root_keys(cfg.train.seed)
+    params = jax.jit(task.init_params)(init_key)
+    if cfg.get("init_from", ""):
+        params = task.load_init_from(params, cfg.init_from)
+    ema_decay = float(cfg.train.ema_decay)
+    make = jax.jit(lambda p, k: create_state(p, setup.optimizer, k, ema_decay),
+                   out_shardings=sharding)
+    return make(params, train_key)

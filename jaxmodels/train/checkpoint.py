@@ -1,0 +1,176 @@
+"""Checkpoints: one Orbax CheckpointManager per workdir holding `state` (TrainState), `data`
+(the grain iterator position) and `meta` (JSON: config + model-shape signature).
+
+STACK.md: a *finished* checkpoint damaged later stays `latest_step()` and only fails on
+restore, so restore walks `all_steps()` newest-first and falls back with a warning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from typing import Any, Callable, Optional
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from jaxmodels.config import ConfigError
+
+PyTree = Any
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(ConfigError):
+    """The workdir holds a checkpoint of a model with other shapes than the config's."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def model_signature(abstract_params: PyTree) -> dict:
+    """{"path/to/leaf": "float32[2,32,64]"} for every param: what must match to resume."""
+    flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): f"{x.dtype}{list(x.shape)}"
+            for path, x in flat}
+
+
+def config_to_json(cfg: ml_collections.ConfigDict) -> dict:
+    return json.loads(cfg.to_json_best_effort())
+
+
+def _flatten(d: Any, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, signature: dict, workdir: str) -> None:
+    """Raises CheckpointMismatchError naming the differing model fields and param shapes."""
+    old_sig = meta.get("signature", {})
+    if old_sig == signature:
+        return
+    old_model = _flatten(meta.get("config", {}).get("model", {}), "model")
+    new_model = _flatten(config_to_json(cfg).get("model", {}), "model")
+    fields = [f"{k}: {old_model.get(k, '<unset>')!r} in the checkpoint, {new_model.get(k, '<unset>')!r} now"
+              for k in sorted(set(old_model) | set(new_model)) if old_model.get(k) != new_model.get(k)]
+    shapes = [f"{k}: {old_sig.get(k, '<absent>')} in the checkpoint, {signature.get(k, '<absent>')} now"
+              for k in sorted(set(old_sig) | set(signature)) if old_sig.get(k) != signature.get(k)]
+    more = f" (and {len(shapes) - 5} more)" if len(shapes) > 5 else ""
+    raise CheckpointMismatchError(
+        f"cannot resume from {checkpoint_dir(workdir)}: it holds a model of other shapes.\n"
+        f"  differing model fields: {'; '.join(fields) or 'none (the code changed the shapes)'}\n"
+        f"  differing params: {'; '.join(shapes[:5])}{more}\n"
+        f"Pass a fresh --workdir to start a new run, or restore the model fields to resume.")
+
+
+class Checkpointer:
+    """Saves and restores (state, data iterator, meta) in `workdir/checkpoints`."""
+
+    def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
+        self.workdir = workdir
+        options = ocp.CheckpointManagerOptions(max_to_keep=max(2, int(max_to_keep)), create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: PyTree, data_iter, meta: dict) -> None:
+        """Starts an (async) save; the iterator state is captured now."""
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def restore_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, abstract_state: PyTree, data_iter=None,
+                check_meta: Optional[Callable[[dict], None]] = None):
+        """Newest restorable checkpoint -> (step, state, meta); None when there is none.
+
+        Each damaged checkpoint is skipped with a warning. check_meta may raise (e.g.
+        CheckpointMismatchError): that is a user error, never a reason to fall back.
+        """
+        steps = self.all_steps()
+        errors = []
+        for step in reversed(steps):
+            try:
+                meta = self.restore_meta(step)
+            except Exception as e:  # damaged meta: try an older checkpoint
+                errors.append(self._skip(step, e))
+                continue
+            if check_meta is not None:
+                check_meta(meta)
+            items = dict(state=ocp.args.StandardRestore(abstract_state))
+            if data_iter is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            except Exception as e:
+                errors.append(self._skip(step, e))
+                continue
+            return step, restored["state"], meta
+        if steps:
+            raise RuntimeError(f"no checkpoint in {checkpoint_dir(self.workdir)} could be restored "
+                               f"(steps {steps}): " + " | ".join(errors))
+        return None
+
+    def _skip(self, step: int, error: Exception) -> str:
+        msg = (f"checkpoint {step} in {checkpoint_dir(self.workdir)} is damaged "
+               f"({type(error).__name__}: {str(error)[:200]}); falling back to an older one")
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        log.warning(msg)
+        return f"{step}: {type(error).__name__}"
+
+
+def abstract_with_sharding(tree: PyTree, sharding=None) -> PyTree:
+    """ShapeDtypeStructs carrying a sharding (Orbax restores onto it); default: device 0."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def load_params(workdir: str, use_ema: bool = True, step: Optional[int] = None):
+    """(cfg, params) of the newest good checkpoint in workdir (for sampling / generation).
+
+    use_ema: return the EMA params when the run kept them (train.ema_decay > 0).
+    """
+    from jaxmodels.tasks import build_task
+    from jaxmodels.train.build import make_setup
+
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        steps = [step] if step is not None else ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
+        meta = ckpt.restore_meta(steps[-1])
+        cfg = ml_collections.ConfigDict(meta["config"])
+        task = build_task(cfg)
+        abstract = abstract_with_sharding(make_setup(task, cfg).abstract_state)
+        if step is None:
+            found = ckpt.restore(abstract)
+            if found is None:
+                raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
+            _, state, meta = found
+        else:
+            state = ckpt.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))["state"]
+        cfg = ml_collections.ConfigDict(meta["config"])
+    finally:
+        ckpt.close()
+    params = state.ema if (use_ema and state.ema is not None) else state.params
+    return cfg, params

@@ -1,0 +1,226 @@
+"""`train(cfg, workdir)`: the whole run, for every task and model.
+
+Order of one step's host work: run the step, then (at log/eval/checkpoint steps) fetch the
+pending metrics and stop on a non-finite loss or gradient BEFORE anything is saved, log,
+evaluate, save. So a checkpoint never holds diverged params, and every line in
+metrics.jsonl up to a checkpoint's step was written before that checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxmodels.tasks import build_task
+from jaxmodels.train import flops as flops_lib
+from jaxmodels.train import memory as memory_lib
+from jaxmodels.train.build import fresh_state, make_setup
+from jaxmodels.train.checkpoint import (Checkpointer, abstract_with_sharding, check_compatible,
+                                        config_to_json, model_signature)
+from jaxmodels.train.metrics import MetricsWriter, truncate_after
+from jaxmodels.train.step import jit_train_step, make_eval_step, make_mesh, make_train_step, shardings
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and returns."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self.previous = {}
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop without waiting for the save
+        self.signal = signum
+
+    def uninstall(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _host_batch(batch: dict, abstract: dict, split_sharding) -> dict:
+    """numpy batch with the abstract batch's dtypes (the compiled step is typed exactly)."""
+    out = {k: np.asarray(v, dtype=abstract[k].dtype) for k, v in batch.items()}
+    if split_sharding is not None:
+        out = jax.device_put(out, split_sharding)
+    return out
+
+
+def evaluate(task, eval_step, state, cfg, workdir: str, step: int, split_sharding=None) -> dict:
+    """Val loss (weighted by aux["weight"]) over train.eval_batches batches with the trained
+    params, then task.evaluate with the EMA params when the run keeps them."""
+    tc = cfg.train
+    eval_bs = int(tc.batch_size) // int(tc.micro_batches)
+    abstract = task.abstract_batch(eval_bs)
+    sums: dict = {}
+    total_w = 0.0
+    it = iter(task.dataset("val", eval_bs, int(tc.seed)))
+    for _ in range(int(tc.eval_batches)):
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        loss, aux = jax.device_get(eval_step(state.params, _host_batch(batch, abstract, split_sharding)))
+        w = float(aux.get("weight", 1.0))
+        total_w += w
+        sums["loss"] = sums.get("loss", 0.0) + float(loss) * w
+        for name, value in aux.items():
+            if name != "weight":
+                sums[name] = sums.get(name, 0.0) + float(value) * w
+    out: dict = {"split": "val"}
+    if total_w > 0:
+        out.update({f"val_{name}": v / total_w for name, v in sums.items()})
+    judged = state.ema if state.ema is not None else state.params
+    out.update(task.evaluate(judged, step, workdir) or {})
+    return out
+
+
+def _is_every(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) the run in `workdir` to cfg.train.steps; returns the last logged
+    train metrics. Re-running the same call after any stop continues exactly."""
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    tc = cfg.train
+    total_steps, batch_size = int(tc.steps), int(tc.batch_size)
+    task = build_task(cfg)
+    setup = make_setup(task, cfg)
+    mesh = make_mesh(cfg.mesh)
+    replicated, split = shardings(mesh)
+    jitted = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, tc, setup.trainable), mesh)
+    abstract_batch = task.abstract_batch(batch_size)
+    abstract_state = abstract_with_sharding(setup.abstract_state, replicated)
+
+    step_fn = jitted
+    if cfg.memory.check:
+        report, compiled = memory_lib.analyze(jitted, abstract_state,
+                                              abstract_with_sharding(abstract_batch, split),
+                                              cfg.memory.budget_gb)
+        print(report, flush=True)
+        memory_lib.check_fits(report, cfg)
+        step_fn = compiled  # already compiled: don't compile twice
+
+    data_iter = iter(task.dataset("train", batch_size, int(tc.seed)))
+    signature = model_signature(setup.abstract_params)
+    meta = {"config": config_to_json(cfg), "signature": signature}
+    ckpt = Checkpointer(workdir, int(tc.max_to_keep))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    found = ckpt.restore(abstract_state, data_iter,
+                         check_meta=lambda m: check_compatible(m, cfg, signature, workdir))
+    if found is not None:
+        step, state, _ = found
+        print(f"resumed from {ckpt.manager.directory} at step {step}", flush=True)
+    else:
+        step, state = 0, fresh_state(task, cfg, setup, replicated)
+    truncate_after(metrics_path, step)
+
+    eval_step = make_eval_step(task, mesh)
+    writer = MetricsWriter(workdir, bool(tc.tensorboard))
+    stop = _StopFlag()
+    stop.install()
+    units_per_batch = batch_size * float(task.units_per_example())
+    flops_per_example = float(task.flops_per_example())
+    n_devices = 1 if mesh is None else mesh.size
+    peak = None
+    if flops_per_example > 0:
+        dtype = str(cfg.model.get("dtype", "float32")) if "model" in cfg else "float32"
+        peak = flops_lib.peak_flops(dtype=dtype)
+    bar = None
+    if tc.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    pending: list = []
+    last: dict = {}
+    last_saved = step if found is not None else -1
+    t_mark, steps_since_mark = None, 0
+    try:
+        while step < total_steps and stop.signal is None:
+            batch = _host_batch(next(data_iter), abstract_batch, split)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            pending.append((step, metrics))
+            if t_mark is None:  # first step of this process: exclude compile time from throughput
+                jax.block_until_ready(metrics)
+                t_mark, steps_since_mark = time.perf_counter(), 0
+            else:
+                steps_since_mark += 1
+            final = step == total_steps
+            do_log = _is_every(step, int(tc.log_every)) or final
+            do_eval = _is_every(step, int(tc.eval_every)) or final
+            do_ckpt = _is_every(step, int(tc.checkpoint_every)) or final or stop.signal is not None
+            if not (do_log or do_eval or do_ckpt or len(pending) >= max(1, int(tc.log_every))):
+                continue
+            fetched = jax.device_get(pending)
+            pending = []
+            for s, m in fetched:
+                bad = [k for k in ("loss", "grad_norm") if not math.isfinite(float(m[k]))]
+                if bad:
+                    raise TrainingDivergedError(
+                        f"{' and '.join(bad)} became {float(m[bad[0]])} at step {s}; stopped. The last good "
+                        f"checkpoint (step {max(last_saved, 0) if last_saved >= 0 else 'none'}) in {workdir} "
+                        f"is kept. Lower optim.lr, raise optim.warmup_steps, or check the data.")
+            now = time.perf_counter()
+            rate = steps_since_mark / (now - t_mark) if steps_since_mark else 0.0
+            if do_log:
+                m = {k: float(v) for k, v in fetched[-1][1].items()}
+                if rate:
+                    m[f"{task.unit}_per_s"] = rate * units_per_batch
+                    m["steps_per_s"] = rate
+                    u = flops_lib.mfu(flops_per_example, rate * batch_size, peak, n_devices)
+                    if u is not None:
+                        m["mfu"] = u
+                writer.write(step, m)
+                last = {"step": step, **m}
+                if bar is not None:
+                    post = {"loss": f"{m['loss']:.4f}"}
+                    if rate:
+                        post[f"{task.unit}/s"] = f"{rate * units_per_batch:,.0f}"
+                    if "mfu" in m:
+                        post["mfu"] = f"{100 * m['mfu']:.1f}%"
+                    bar.set_postfix(post, refresh=False)
+                t_mark, steps_since_mark = time.perf_counter(), 0
+            if bar is not None:
+                bar.update(step - bar.n)
+            if do_eval:
+                writer.write(step, evaluate(task, eval_step, state, cfg, workdir, step, split))
+                t_mark, steps_since_mark = time.perf_counter(), 0
+            if do_ckpt:
+                ckpt.save(step, state, data_iter, meta)
+                last_saved = step
+        if stop.signal is not None and last_saved != step:
+            ckpt.save(step, state, data_iter, meta)
+        if stop.signal is not None:
+            print(f"\nstopped by signal {stop.signal} at step {step}; checkpoint saved in {workdir}. "
+                  f"Run the same command again to resume.", flush=True)
+    finally:
+        stop.uninstall()
+        if bar is not None:
+            bar.close()
+        writer.close()
+        ckpt.close()
+    return last

@@ -1,0 +1,123 @@
+"""Will the train step fit? Compile it on abstract shapes (nothing allocated) and read XLA's
+memory analysis: params, optimizer state, activations + temporaries, against memory.budget_gb.
+
+The estimate is for the backend compiled for (a CPU compile approximates a GPU's: same
+program, different fusion), which the report names.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxmodels.config import ConfigError
+
+PyTree = Any
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+
+
+class MemoryBudgetError(ConfigError):
+    """The compiled train step needs more memory than memory.budget_gb."""
+
+
+def tree_bytes(tree: PyTree) -> int:
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+@dataclasses.dataclass
+class MemoryReport:
+    backend: str
+    device_kind: str
+    params: int
+    optimizer: int
+    ema: int
+    batch: int
+    temp: int          # activations kept for backward + XLA temporaries
+    outputs: int       # outputs not aliased to (donated) inputs
+    total: int
+    budget: int
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget
+
+    def __str__(self) -> str:
+        rows = [("params", self.params), ("optimizer state", self.optimizer), ("ema params", self.ema),
+                ("batch", self.batch), ("activations + temp", self.temp),
+                ("outputs (not donated)", self.outputs)]
+        lines = [f"memory estimate (compiled for {self.backend}: {self.device_kind})"]
+        lines += [f"  {name:<24}{size / MiB:>12.1f} MiB" for name, size in rows if size]
+        lines.append(f"  {'total':<24}{self.total / MiB:>12.1f} MiB  "
+                     f"({self.total / GiB:.2f} of {self.budget / GiB:.2f} GiB budget"
+                     f"{'' if self.fits else ': DOES NOT FIT'})")
+        return "\n".join(lines)
+
+
+def analyze(jitted_step: Callable, abstract_state, abstract_batch, budget_gb: float):
+    """Lowers + compiles `jitted_step` on abstract args -> (MemoryReport, compiled executable).
+
+    The executable is returned so the trainer runs it instead of compiling a second time.
+    """
+    compiled = jitted_step.lower(abstract_state, abstract_batch).compile()
+    ma = compiled.memory_analysis()
+    args = int(ma.argument_size_in_bytes)
+    outputs = max(0, int(ma.output_size_in_bytes) - int(ma.alias_size_in_bytes))
+    temp = int(ma.temp_size_in_bytes)
+    device = jax.devices()[0]
+    ema = tree_bytes(abstract_state.ema) if abstract_state.ema is not None else 0
+    report = MemoryReport(
+        backend=device.platform, device_kind=device.device_kind,
+        params=tree_bytes(abstract_state.params), optimizer=tree_bytes(abstract_state.opt_state),
+        ema=ema, batch=tree_bytes(abstract_batch), temp=temp, outputs=outputs,
+        total=args + outputs + temp, budget=int(float(budget_gb) * GiB))
+    return report, compiled
+
+
+def advice(cfg: ml_collections.ConfigDict) -> str:
+    """What to change when a config does not fit: names the config's own knobs."""
+    tips = []
+    k, bs = int(cfg.train.micro_batches), int(cfg.train.batch_size)
+    bigger = next((m for m in range(2 * k, bs + 1) if bs % m == 0), None)
+    if bigger:
+        tips.append(f"--config.train.micro_batches={bigger} (now {k}; activations scale with "
+                    f"batch_size/micro_batches = {bs // k})")
+    for key in sorted(cfg.model.keys()):
+        if "remat" in key:
+            tips.append(f"--config.model.{key}=nothing_saveable (now {cfg.model[key]!r}; recompute "
+                        f"activations in the backward pass)")
+    for section in ("data", "model", "task"):
+        for key in sorted(cfg[section].keys()) if section in cfg else ():
+            if key in ("seq_len", "block_size", "max_len", "context_len", "image_size", "resolution"):
+                tips.append(f"a smaller --config.{section}.{key} (now {cfg[section][key]})")
+    tips.append("or raise --config.memory.budget_gb if the device really has more free memory")
+    return "; ".join(tips)
+
+
+def check_fits(report: MemoryReport, cfg: ml_collections.ConfigDict) -> None:
+    """Raises MemoryBudgetError (with what to change) when the estimate exceeds the budget."""
+    if not report.fits:
+        raise MemoryBudgetError(f"the train step needs about {report.total / GiB:.2f} GiB but "
+                                f"memory.budget_gb={cfg.memory.budget_gb}.\n{report}\nTry: {advice(cfg)}")
+
+
+def estimate(cfg: ml_collections.ConfigDict, task=None) -> MemoryReport:
+    """Builds the task and compiles its train step on abstract shapes; returns the report."""
+    from jaxmodels.tasks import build_task
+    from jaxmodels.train.build import make_setup
+    from jaxmodels.train.step import jit_train_step, make_mesh, make_train_step, shardings
+    from jaxmodels.train.checkpoint import abstract_with_sharding
+
+    task = task or build_task(cfg)
+    setup = make_setup(task, cfg)
+    mesh = make_mesh(cfg.mesh)
+    replicated, split = shardings(mesh)
+    step = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train,
+                                          setup.trainable), mesh)
+    state = abstract_with_sharding(setup.abstract_state, replicated)
+    batch = abstract_with_sharding(task.abstract_batch(int(cfg.train.batch_size)), split)
+    report, _ = analyze(step, state, batch, cfg.memory.budget_gb)
+    return report

@@ -1,0 +1,142 @@
+"""The one jitted train step (gradient accumulation by lax.scan, weighted by aux["weight"])
+and the eval step. The trainer never knows which model or task it runs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxmodels.config import ConfigError
+from jaxmodels.train.state import TrainState, ema_decay_at, update_ema
+
+PyTree = Any
+
+
+def make_mesh(mesh_cfg: ml_collections.ConfigDict) -> Optional[Mesh]:
+    """A 1-D ("data",) mesh over mesh.data devices (-1: all); None on a single device."""
+    n_all = jax.device_count()
+    n = n_all if int(mesh_cfg.data) == -1 else int(mesh_cfg.data)
+    if n < 1 or n > n_all:
+        raise ConfigError(f"mesh.data={mesh_cfg.data} but {n_all} device(s) exist; use -1 for all")
+    if n == 1:
+        return None
+    return Mesh(np.asarray(jax.devices()[:n]), ("data",))
+
+
+def shardings(mesh: Optional[Mesh]):
+    """(replicated, batch-split) shardings for a data-parallel mesh; (None, None) without one."""
+    if mesh is None:
+        return None, None
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+def _global_norm(tree) -> jax.Array:
+    """sqrt(sum of squares) over all leaves, in f32."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def _split_micro(x: jax.Array, k: int) -> jax.Array:
+    """[B, ...] -> [k, B/k, ...], micro-batch i holding examples i, i+k, i+2k, ... (strided, so
+    each micro-batch stays spread over every data-parallel device)."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+
+def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Callable,
+                    train_cfg: ml_collections.ConfigDict, trainable: Optional[PyTree] = None) -> Callable:
+    """Returns the un-jitted `train_step(state, batch) -> (state, metrics)`.
+
+    Gradients are taken only w.r.t. trainable leaves (frozen ones, e.g. quantized LoRA bases,
+    may be integers) and accumulated over train.micro_batches micro-batches by lax.scan.
+    """
+    k = int(train_cfg.micro_batches)
+    batch_size = int(train_cfg.batch_size)
+    if k < 1 or batch_size % k:
+        raise ConfigError(f"train.batch_size={batch_size} must be a multiple of train.micro_batches={k}")
+    ema_decay, ema_warmup = float(train_cfg.ema_decay), bool(train_cfg.ema_warmup)
+
+    def loss_and_grads(params, batch, rng):
+        leaves, treedef = jax.tree.flatten(params)
+        mask = [True] * len(leaves) if trainable is None else jax.tree.leaves(trainable)
+        if len(mask) != len(leaves):
+            raise ValueError("task.trainable_mask must have the structure of params")
+
+        def loss_of(train_leaves):
+            it = iter(train_leaves)
+            full = [next(it) if m else jax.lax.stop_gradient(x) for x, m in zip(leaves, mask)]
+            return task.loss(treedef.unflatten(full), batch, rng, train=True)
+
+        train_leaves = [x for x, m in zip(leaves, mask) if m]
+        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(train_leaves)
+        aux = {name: jnp.asarray(v, jnp.float32) for name, v in aux.items()}
+        return jnp.asarray(loss, jnp.float32), aux, grads
+
+    def expand(params, train_grads):
+        """Trainable-leaf grads -> a full grads tree (zeros, never materialized, for frozen)."""
+        leaves, treedef = jax.tree.flatten(params)
+        mask = [True] * len(leaves) if trainable is None else jax.tree.leaves(trainable)
+        it = iter(train_grads)
+        return treedef.unflatten([next(it) if m else jnp.zeros_like(x) for x, m in zip(leaves, mask)])
+
+    def accumulated(params, batch, rng):
+        if k == 1:
+            loss, aux, grads = loss_and_grads(params, batch, jax.random.fold_in(rng, 0))
+            return loss, aux, grads
+        micro = jax.tree.map(lambda x: _split_micro(x, k), batch)
+        first = jax.tree.map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(loss_and_grads, params, first, rng)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+        def body(carry, xs):
+            mb, i = xs
+            loss, aux, grads = loss_and_grads(params, mb, jax.random.fold_in(rng, i))
+            w = aux["weight"]
+            scaled = (loss * w, {n: (v if n == "weight" else v * w) for n, v in aux.items()},
+                      jax.tree.map(lambda g: g.astype(jnp.float32) * w, grads))
+            return jax.tree.map(jnp.add, carry, scaled), None
+
+        (loss_s, aux_s, grads_s), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(k)))
+        total = aux_s["weight"]
+        aux = {n: (v if n == "weight" else v / total) for n, v in aux_s.items()}
+        return loss_s / total, aux, jax.tree.map(lambda g: g / total, grads_s)
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, aux, train_grads = accumulated(state.params, batch, rng)
+        grads = expand(state.params, train_grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            ema = update_ema(ema, params, ema_decay_at(state.step, ema_decay, ema_warmup))
+        metrics = {**aux, "loss": loss, "grad_norm": _global_norm(train_grads),
+                   "lr": jnp.asarray(schedule(state.step), jnp.float32)}
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, ema=ema)
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(train_step: Callable, mesh: Optional[Mesh] = None) -> Callable:
+    """jax.jit with the state donated; on a mesh, state replicated and the batch split on "data"."""
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    replicated, split = shardings(mesh)
+    return jax.jit(train_step, donate_argnums=0, in_shardings=(replicated, split),
+                   out_shardings=(replicated, replicated))
+
+
+def make_eval_step(task, mesh: Optional[Mesh] = None) -> Callable:
+    """Jitted `eval_step(params, batch) -> (loss, aux)` with train=False and a fixed rng."""
+    def eval_step(params, batch):
+        loss, aux = task.loss(params, batch, jax.random.PRNGKey(0), train=False)
+        return jnp.asarray(loss, jnp.float32), {n: jnp.asarray(v, jnp.float32) for n, v in aux.items()}
+    if mesh is None:
+        return jax.jit(eval_step)
+    replicated, split = shardings(mesh)
+    return jax.jit(eval_step, in_shardings=(replicated, split), out_shardings=replicated)

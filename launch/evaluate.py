@@ -1,0 +1,44 @@
+"""Judge a diffusion run trained on the embedded dataset (configs/dit_small.py, pixart_small.py).
+
+    python -m launch.evaluate --workdir runs/dit_small_cpu [--num 256] [--cfg 4.0] [--sampler ddim] [--steps 50]
+
+Samples --num images from the newest checkpoint (EMA params if kept) and prints the judge's
+accuracy: the shape class for class-conditional runs, each attribute (shape, colour, size,
+position, background) of held-out captions for text-to-image runs; and the Frechet distance
+to as many real images in the judge's feature space (comparable only at equal --num).
+The judge (jaxmodels/diffusion/judge.py) trains once and is cached.
+"""
+from launch import _env  # noqa: F401  (must come before jax)
+
+import argparse
+import json
+import sys
+
+from jaxmodels.config import ConfigError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--num", type=int, default=256)
+    parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's task.cfg_scale)")
+    parser.add_argument("--sampler", default=None, help="default: the run's task.sampler")
+    parser.add_argument("--steps", type=int, default=None, help="default: the run's task.sample_steps")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-ema", action="store_true")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from jaxmodels.tasks.diffusion import evaluate_workdir
+    try:
+        metrics = evaluate_workdir(args.workdir, num=args.num, cfg_scale=args.cfg, sampler=args.sampler,
+                                   steps=args.steps, seed=args.seed, use_ema=not args.no_ema)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for key, value in metrics.items():
+        print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Generates text from a trained run's newest checkpoint (its EMA params when it kept one).
+
+    python -m launch.generate --workdir runs/shakespeare --prompt "ROMEO:" --max_new_tokens 200
+    python -m launch.generate --workdir runs/x --prompt "Once" --temperature 0.8 --top_k 40
+    python -m launch.generate --workdir runs/x --prompt "Once" --greedy
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="the training run's workdir")
+    parser.add_argument("--prompt", default="\n", help="text to continue")
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--greedy", action="store_true", help="argmax decoding (ignores sampling flags)")
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_ema", action="store_true", help="use the raw params even if an EMA exists")
+    args = parser.parse_args(argv)
+
+    import jax
+    import numpy as np
+
+    from jaxmodels.data.tokenizers import build_tokenizer
+    from jaxmodels.generate import greedy, sample
+    from jaxmodels.models import build_model
+    from jaxmodels.train.checkpoint import load_params
+
+    cfg, params = load_params(args.workdir, use_ema=not args.no_ema)
+    model = build_model(cfg.model)
+    tokenizer = build_tokenizer(cfg.data)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise SystemExit("the prompt encodes to no tokens; pass a non-empty --prompt")
+    prompt = np.tile(np.asarray(ids, np.int32)[None], (args.num_samples, 1))
+    if args.greedy:
+        out = greedy(model, params, prompt, args.max_new_tokens)
+    else:
+        out = sample(model, params, prompt, args.max_new_tokens, jax.random.key(args.seed),
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    for i, row in enumerate(np.asarray(out)):
+        if args.num_samples > 1:
+            print(f"--- sample {i} ---")
+        print(tokenizer.decode(row.tolist()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

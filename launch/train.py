@@ -1,0 +1,62 @@
+"""Train (or resume) an experiment.
+
+    python -m launch.train --config configs/gpt_shakespeare_char.py[:smoke] [--workdir DIR] \
+        [--config.train.steps=200 ...]
+
+Re-running the same command resumes from the newest good checkpoint in the workdir
+(default runs/<config name>[_<variant>]).
+"""
+from launch import _env  # noqa: F401  (must come before jax)
+
+import argparse
+import os
+import sys
+
+from jaxmodels.config import ConfigError, load_config
+
+
+def parse(argv: list[str], description: str, workdir: bool = True):
+    """argparse for --config/--workdir; unknown `--config.a.b=v` args become overrides."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
+    if workdir:
+        parser.add_argument("--workdir", default="", help="run directory (default: train.workdir or runs/<name>)")
+    args, rest = parser.parse_known_args(argv)
+    overrides, i = [], 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--config."):
+            parser.error(f"unrecognized argument {item!r} (overrides look like --config.train.steps=100)")
+        item = item[len("--config."):]
+        if "=" not in item and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            item, i = f"{item}={rest[i + 1]}", i + 1
+        overrides.append(item)
+        i += 1
+    cfg = load_config(args.config, overrides)
+    return args, cfg
+
+
+def default_workdir(spec: str) -> str:
+    path, _, variant = spec.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{name}_{variant}" if variant else name)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args, cfg = parse(argv, __doc__)
+        workdir = args.workdir or cfg.train.get("workdir", "") or default_workdir(args.config)
+        from jaxmodels.train.loop import train
+        train(cfg, workdir)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # TrainingDivergedError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

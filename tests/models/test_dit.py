@@ -1,0 +1,157 @@
+"""DiT / PixArt-alpha backbones and the byte-level text encoder (tiny configs on CPU)."""
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmodels.config import ConfigError
+from jaxmodels.models import build_model, dit
+from jaxmodels.models.text_encoder import PAD_ID, TextEncoder, encode_bytes
+
+N = 2
+TINY = dict(name="dit", size="dit-s/2", hidden_size=32, depth=2, num_heads=2, num_classes=10,
+            in_channels=3, patch_size=2)
+
+
+def _count(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _perturbed(params, seed=1, scale=0.05):
+    """Params with noise added, so zero-initialised layers stop hiding the paths under test."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+
+def _init(model, x, t, cond):
+    return jax.jit(lambda: model.init(jax.random.key(0), x, t, cond)["params"])()
+
+
+@pytest.mark.parametrize("size,expected_m", [("dit-s/2", 33.0), ("dit-b/2", 130.5), ("dit-l/2", 458.0),
+                                             ("dit-xl/2", 675.0)])
+def test_paper_parameter_counts(size, expected_m):
+    model = dit.build({"size": size})
+    x = jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    cond = {"label": jax.ShapeDtypeStruct((1,), jnp.int32)}
+    shapes = jax.eval_shape(lambda x, t, c: model.init(jax.random.key(0), x, t, c), x, t, cond)
+    # The paper's counts include DiT's frozen pos_embed buffer (tokens x D); ours is a constant.
+    total = _count(shapes) + 256 * model.cfg.hidden_size
+    assert abs(total / 1e6 - expected_m) / expected_m < 0.01, total
+
+
+def test_dit_shapes_zero_init_and_scan_equivalence():
+    model = build_model(TINY)
+    x = jax.random.normal(jax.random.key(0), (N, 8, 8, 3))
+    t = jnp.array([3, 700])
+    cond = {"label": jnp.array([1, 9])}
+    params = _init(model, x, t, cond)
+    assert params["blocks"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)  # scanned: [depth, ...]
+    out = model.apply({"params": params}, x, t, cond)
+    chex.assert_shape(out, (N, 8, 8, 6))  # learn_sigma: eps and v
+    np.testing.assert_array_equal(out, 0.0)  # adaLN-Zero + zero final layer
+    # scan_layers=False gives the same function with per-block params.
+    p = _perturbed(params)
+    out_scan = model.apply({"params": p}, x, t, cond)
+    assert float(jnp.abs(out_scan).max()) > 1e-3
+    unrolled = build_model(dict(TINY, scan_layers=False, remat="nothing_saveable"))
+    p_unrolled = {k: v for k, v in p.items() if k != "blocks"}
+    for i in range(2):
+        p_unrolled[f"blocks_{i}"] = jax.tree.map(lambda a: a[i], p["blocks"])
+    np.testing.assert_allclose(unrolled.apply({"params": p_unrolled}, x, t, cond), out_scan, atol=1e-5)
+    with pytest.raises(ConfigError, match="valid"):
+        build_model(dict(TINY, conditioning="audio"))
+
+
+def test_adaln_zero_block_is_identity_at_init():
+    block = dit.DiTBlock(num_heads=2)
+    x = jax.random.normal(jax.random.key(0), (N, 16, 32))
+    c = jax.random.normal(jax.random.key(1), (N, 32))
+    variables = block.init(jax.random.key(2), x, c, None, None)
+    y, _ = block.apply(variables, x, c, None, None)
+    np.testing.assert_array_equal(y, x)
+
+
+def test_label_dropout_and_null_class():
+    model = build_model(dict(TINY, class_dropout=1.0))
+    x = jax.random.normal(jax.random.key(0), (N, 8, 8, 3))
+    t = jnp.array([3, 700])
+    p = _perturbed(_init(model, x, t, {"label": jnp.array([1, 9])}))
+    f = lambda cond, **kw: model.apply({"params": p}, x, t, cond, **kw)  # noqa: E731
+    null = f({"label": jnp.array([10, 10])})
+    np.testing.assert_allclose(f({"label": jnp.array([1, 9]), "drop": jnp.array([True, True])}), null, atol=1e-6)
+    # train=True drops every label at class_dropout = 1 (draws from the "dropout" rng).
+    np.testing.assert_allclose(f({"label": jnp.array([1, 9])}, train=True, rngs={"dropout": jax.random.key(0)}),
+                               null, atol=1e-6)
+    labelled = f({"label": jnp.array([1, 9])})
+    assert float(jnp.abs(labelled - null).max()) > 1e-3
+    # "drop" acts per example.
+    mixed = f({"label": jnp.array([1, 9]), "drop": jnp.array([False, True])})
+    np.testing.assert_allclose(mixed[0], labelled[0], atol=1e-6)
+    np.testing.assert_allclose(mixed[1], null[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", ["bytes", "precomputed"])
+def test_pixart_text_paths(encoder):
+    model = build_model(dict(TINY, size="pixart-s/2", conditioning="text", text_encoder=encoder, text_len=12,
+                             text_dim=24, encoder_width=32, encoder_depth=1, encoder_heads=2, learn_sigma=False))
+    x = jax.random.normal(jax.random.key(0), (N, 8, 8, 3))
+    t = jnp.array([3, 700])
+    tokens, mask = encode_bytes(["red circle", "a blue star"], 12)
+    if encoder == "bytes":
+        cond = {"text_tokens": jnp.asarray(tokens), "text_mask": jnp.asarray(mask)}
+        # Garbage in the padded positions must not matter.
+        other = dict(cond, text_tokens=jnp.where(cond["text_mask"], cond["text_tokens"], 65))
+        changed = dict(cond, text_tokens=cond["text_tokens"].at[:, 0].set(ord("z")))
+    else:
+        emb = jax.random.normal(jax.random.key(5), (N, 12, 24))
+        cond = {"text_emb": emb, "text_mask": jnp.asarray(mask)}
+        other = dict(cond, text_emb=jnp.where(cond["text_mask"][..., None], emb, 7.0))
+        changed = dict(cond, text_emb=emb.at[:, 0].add(1.0))
+    params = _init(model, x, t, cond)
+    assert "scale_shift_table" in params["blocks"] and "t_block" in params
+    np.testing.assert_array_equal(params["blocks"]["cross_attn"]["proj"]["kernel"], 0.0)
+    assert ("text_encoder" in params["y_embedder"]) == (encoder == "bytes")
+    out = model.apply({"params": params}, x, t, cond)
+    chex.assert_shape(out, (N, 8, 8, 3))
+    np.testing.assert_array_equal(out, 0.0)  # zero final linear
+    p = _perturbed(params)
+    f = lambda c: model.apply({"params": p}, x, t, c)  # noqa: E731
+    base = f(cond)
+    np.testing.assert_allclose(f(other), base, atol=1e-5)
+    assert float(jnp.abs(f(changed) - base).max()) > 1e-4
+    # Dropped captions become the learned null embedding, whatever the caption was.
+    drop = jnp.ones((N,), bool)
+    np.testing.assert_allclose(f(dict(cond, drop=drop)), f(dict(changed, drop=drop)), atol=1e-6)
+    assert float(jnp.abs(f(dict(cond, drop=drop)) - base).max()) > 1e-4
+
+
+def test_text_encoder():
+    enc = TextEncoder(width=32, depth=2, num_heads=2)
+    tokens, mask = encode_bytes(["héllo", "ab"], 8)
+    assert tokens[0, :6].tolist() == list("héllo".encode()) and tokens[1, 2] == PAD_ID
+    np.testing.assert_array_equal(mask.sum(1), [6, 2])
+    variables = jax.jit(lambda: enc.init(jax.random.key(0), tokens, mask))()
+    assert variables["params"]["blocks"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)
+    out = enc.apply(variables, tokens, mask)
+    chex.assert_shape(out, (2, 8, 32))
+    # Real tokens ignore the padding; the mask defaults to tokens != PAD.
+    padded_other = np.where(mask, tokens, 0)
+    np.testing.assert_allclose(enc.apply(variables, padded_other, mask)[1, :2], out[1, :2], atol=1e-5)
+    np.testing.assert_allclose(enc.apply(variables, tokens), out, atol=1e-6)
+
+
+def test_multi_head_attention_cross_mask():
+    mha = dit.MultiHeadAttention(num_heads=2)
+    x = jax.random.normal(jax.random.key(0), (N, 5, 8))
+    ctx = jax.random.normal(jax.random.key(1), (N, 3, 6))
+    mask = jnp.array([[True, True, False], [True, False, False]])
+    v = mha.init(jax.random.key(2), x, ctx, mask)
+    out = mha.apply(v, x, ctx, mask)
+    # Equals attending to the visible keys only.
+    for b, n in enumerate((2, 1)):
+        np.testing.assert_allclose(out[b:b + 1], mha.apply(v, x[b:b + 1], ctx[b:b + 1, :n]), atol=1e-5)
+    assert isinstance(mha, nn.Module)

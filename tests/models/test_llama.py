@@ -1,0 +1,177 @@
+"""LLaMA family against transformers fixtures (tests/fixtures/make_llama.py), KV-cache decoding,
+checkpoint layouts (bf16, sharded, old rope_scaling), export round trip and named sizes."""
+from __future__ import annotations
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmodels import generate
+from jaxmodels.convert import from_hf, read_hf_config
+from jaxmodels.convert import llama as convert
+from jaxmodels.convert.safetensors_io import SafetensorsFolder, save_folder
+from jaxmodels.models import build_model
+from jaxmodels.models import llama
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "llama")
+VARIANTS = ("llama", "llama3", "mistral", "qwen2")
+
+
+def fixture(variant):
+    return os.path.join(FIXTURES, variant)
+
+
+def reference(variant):
+    return dict(np.load(os.path.join(fixture(variant), "reference.npz")))
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return {v: from_hf(fixture(v)) for v in VARIANTS}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logits_and_greedy_match_transformers(loaded, variant):
+    model, params = loaded[variant]
+    ref = reference(variant)
+    logits = model.apply({"params": params}, jnp.asarray(ref["tokens"]))
+    chex.assert_shape(logits, ref["logits"].shape)
+    assert logits.dtype == jnp.float32
+    assert rel_err(logits, ref["logits"]) < 1e-4
+    new = ref["greedy"].shape[1] - ref["prompt"].shape[1]
+    tokens = generate.greedy(model, params, jnp.asarray(ref["prompt"]), new)
+    np.testing.assert_array_equal(np.asarray(tokens), ref["greedy"])
+
+
+def test_fixture_configs_exercise_the_variants(loaded):
+    """The fixtures must cover what they claim (GQA, llama3 bands, window < length, biases)."""
+    cfgs = {v: loaded[v][0].cfg for v in VARIANTS}
+    assert all(c.n_kv_heads < c.n_heads for c in cfgs.values())
+    assert cfgs["llama3"].rope_type == "llama3" and cfgs["llama3"].dh != cfgs["llama3"].dim // cfgs["llama3"].n_heads
+    assert 0 < cfgs["mistral"].sliding_window < reference("mistral")["tokens"].shape[1]
+    assert cfgs["qwen2"].qkv_bias and cfgs["qwen2"].tie_embeddings
+    assert "bias" in loaded["qwen2"][1]["layers"]["attn"]["q_proj"]
+    assert SafetensorsFolder(fixture("llama")).get("model.norm.weight", dtype=None).dtype.name == "bfloat16"
+
+
+def test_kv_cache_decode_equals_full_forward(loaded):
+    """Mistral: the sliding window must also hold across prefill + cached steps."""
+    variant = "mistral"
+    model, params = loaded[variant]
+    tokens = jnp.asarray(reference(variant)["tokens"])
+    B, T = tokens.shape
+    full = model.apply({"params": params}, tokens)
+    state = model.init_decode_state(B, T + 2)
+    prefill, state = model.apply({"params": params}, tokens[:, :5], decode_state=state, pos=jnp.int32(0))
+    steps = [prefill]
+    step = jax.jit(lambda p, t, s, pos: model.apply({"params": p}, t, decode_state=s, pos=pos))
+    for i in range(5, T):
+        logits, state = step(params, tokens[:, i:i + 1], state, jnp.int32(i))
+        steps.append(logits)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_old_rope_scaling_layout_gives_same_config():
+    new = read_hf_config(fixture("llama3"))
+    old = {k: v for k, v in new.items() if k != "rope_parameters"}
+    params = dict(new["rope_parameters"])
+    old["rope_theta"] = params.pop("rope_theta")
+    params["type"] = params.pop("rope_type")  # the oldest spelling
+    old["rope_scaling"] = params
+    assert convert.config_from_hf(old) == convert.config_from_hf(new)
+    plain = dict(old, rope_scaling=None)
+    assert convert.config_from_hf(plain)["rope_type"] == "default"
+
+
+def test_llama3_rope_scaling_changes_only_low_frequencies():
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0.5, "high_freq_factor": 2.0,
+               "original_max_position_embeddings": 16}
+    from jaxmodels.layers.rope import rope_inv_freq
+    base, scaled = rope_inv_freq(16, 10000.0), rope_inv_freq(16, 10000.0, scaling)
+    wavelen = 2 * np.pi / base
+    np.testing.assert_allclose(scaled[wavelen < 8], base[wavelen < 8])
+    np.testing.assert_allclose(scaled[wavelen > 32], base[wavelen > 32] / 8, rtol=1e-6)
+    mid = (wavelen >= 8) & (wavelen <= 32)
+    assert mid.any() and np.all(scaled[mid] < base[mid]) and np.all(scaled[mid] > base[mid] / 8)
+
+
+def test_sharded_f32_folder_loads_the_same(loaded, tmp_path):
+    st = SafetensorsFolder(fixture("llama"))
+    tensors = {name: array for name, array in st.items()}  # bf16 -> f32
+    save_folder(tensors, str(tmp_path), read_hf_config(fixture("llama")), max_shard_bytes=40_000)
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    model, params = from_hf(str(tmp_path))
+    chex.assert_trees_all_equal(params, loaded["llama"][1])
+
+
+@pytest.mark.parametrize("variant", ["llama", "qwen2"])
+def test_export_round_trip(loaded, variant, tmp_path):
+    """to_hf writes HF names/layout (checked with numpy against the fixture) and reloads."""
+    model, params = loaded[variant]
+    convert.to_hf(model, params, str(tmp_path), tokenizer_from=fixture(variant))
+    ours, theirs = SafetensorsFolder(str(tmp_path)), SafetensorsFolder(fixture(variant))
+    assert sorted(ours.keys()) == sorted(theirs.keys())
+    for name in theirs.keys():
+        np.testing.assert_array_equal(ours.get(name), theirs.get(name), err_msg=name)
+    hf_in, hf_out = read_hf_config(fixture(variant)), read_hf_config(str(tmp_path))
+    for key in ("model_type", "hidden_size", "num_key_value_heads", "intermediate_size", "tie_word_embeddings"):
+        assert hf_out[key] == hf_in[key], key
+    model2, params2 = from_hf(str(tmp_path))
+    ref = reference(variant)
+    np.testing.assert_array_equal(model2.apply({"params": params2}, jnp.asarray(ref["tokens"])),
+                                  model.apply({"params": params}, jnp.asarray(ref["tokens"])))
+
+
+def test_tokenizer_from_folder():
+    tok = convert.load_tokenizer(fixture("llama"))
+    assert tok.encode("w3 w17 w5").ids == [3, 17, 5]
+
+
+def test_nf4_load_quantises_and_stays_close(loaded):
+    model, params = convert.from_hf(fixture("llama"), read_hf_config(fixture("llama")), quant="nf4")
+    q = params["layers"]["attn"]["q_proj"]["kernel_nf4"]
+    assert q["nf4"].dtype == np.uint8 and q["scale_q"].dtype == np.int8
+    dim, hd = model.cfg.dim, model.cfg.n_heads * model.cfg.dh
+    chex.assert_shape(q["nf4"], (model.cfg.n_layers, dim * hd // 2))
+    tokens = jnp.asarray(reference("llama")["tokens"])
+    f32_model, f32_params = loaded["llama"]
+    p_f32 = jax.nn.softmax(f32_model.apply({"params": f32_params}, tokens))
+    p_nf4 = jax.nn.softmax(model.apply({"params": params}, tokens))
+    tv = 0.5 * np.abs(np.asarray(p_f32 - p_nf4)).sum(-1)
+    # 4-bit weights perturb the distribution but keep it close (random init, std 0.2).
+    assert 0 < tv.mean() < 0.25, tv.mean()
+
+
+def test_named_sizes_have_the_published_parameter_counts():
+    expected = {"llama-2-7b": 6_738_415_616, "llama-3-8b": 8_030_261_248, "mistral-7b": 7_241_732_096,
+                "tinyllama-1.1b": 1_100_048_384, "llama-3.2-1b": 1_235_814_400,
+                "llama-3.2-3b": 3_212_749_824}
+    for size, n in expected.items():
+        assert llama.num_params(llama.Config(**llama.SIZES[size])) == n, size
+    model = build_model({"name": "llama", "size": "stories15M"})
+    shapes = convert.abstract_params(model)
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == llama.num_params(model.cfg) == 15_191_712
+
+
+def test_unknown_field_and_bad_target_raise():
+    from jaxmodels.config import ConfigError
+    with pytest.raises(ConfigError, match="valid"):
+        build_model({"name": "llama", "size": "stories15M", "n_head": 4})
+    with pytest.raises(ConfigError, match="lora_targets"):
+        build_model({"name": "llama", "size": "stories15M", "lora_targets": ("qq",)})
+
+
+def test_flops_per_token_counts_matmuls():
+    model = build_model({"name": "llama", "size": "llama-2-7b"})
+    n_matmul = llama.num_params(model.cfg) - model.cfg.vocab_size * model.cfg.dim
+    assert model.flops_per_token(512) == pytest.approx(6 * n_matmul + 12 * 32 * 32 * 128 * 512, rel=1e-3)

@@ -1,0 +1,47 @@
+"""Exact resume on the real GPT smoke config: a run SIGKILLed (by itself, at a fixed step
+between two checkpoints) and re-run gives the same logged losses and bit-identical params."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxmodels.config import load_config
+from jaxmodels.train.checkpoint import Checkpointer, load_params
+from jaxmodels.train.loop import train
+from jaxmodels.train.metrics import read_metrics
+from tests.train.util import ROOT, bit_identical
+
+SPEC = os.path.join(ROOT, "configs", "gpt_shakespeare_char.py")
+OVERRIDES = ["data.max_bytes=20000"]
+
+# Runs launch.train, SIGKILLing itself right after logging step 15 (checkpoints: 10, 20).
+KILL_AT_15 = """
+import os, signal, sys
+import jaxmodels.train.metrics as m
+write = m.MetricsWriter.write
+def write_then_die(self, step, metrics):
+    write(self, step, metrics)
+    if step == 15:
+        os.kill(os.getpid(), signal.SIGKILL)
+m.MetricsWriter.write = write_then_die
+from launch.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _losses(workdir):
+    return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
+
+
+@pytest.mark.skipif(not os.path.exists(SPEC), reason="configs/gpt_shakespeare_char.py not written yet")
+def test_gpt_smoke_exact_resume_after_kill_9(tmp_path):
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    train(load_config(SPEC + ":smoke", OVERRIDES), straight)
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_15, "--config", SPEC + ":smoke", "--workdir", killed,
+                           *[f"--config.{o}" for o in OVERRIDES]], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert Checkpointer(killed).all_steps() == [10]
+    train(load_config(SPEC + ":smoke", OVERRIDES), killed)
+    assert _losses(killed) == _losses(straight) and len(_losses(straight)) >= 4
+    assert bit_identical(load_params(straight)[1], load_params(killed)[1])
