@@ -17,31 +17,11 @@ triangle, diamond, cross, ring, star, hourglass) with the judge's accuracy in th
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data import glyphs
+from jaxmodels.data.images import image_data_config
+from jaxmodels.tasks.diffusion import diffusion_task_config
 from jaxmodels.train.defaults import base_config
 
 VARIANTS = ("cpu", "smoke")
-
-
-def image_data_config(**overrides):
-    """The `data` section for the embedded dataset (fields read by jaxmodels/data/images.py)."""
-    import ml_collections
-
-    d = dict(source="embedded", path="", image_size=32, channels=3, num_classes=glyphs.NUM_CLASSES,
-             text=False, caption_len=72, flip=False, size=1_000_000, val_size=512,
-             tfds_name="", tfds_data_dir="", latent_scale=1.0, num_threads=2, prefetch=4)
-    d.update(overrides)
-    return ml_collections.ConfigDict(d)
-
-
-def diffusion_task_config(**overrides):
-    """The `task` section (fields of jaxmodels/tasks/diffusion.py TASK_DEFAULTS)."""
-    import ml_collections
-
-    from jaxmodels.tasks.diffusion import TASK_DEFAULTS
-
-    t = dict(TASK_DEFAULTS, name="diffusion")
-    t.update(overrides)
-    return ml_collections.ConfigDict(t)
 
 
 def get_config(arg=None):
@@ -67,7 +47,7 @@ def get_config(arg=None):
         # with DiT/timm warm-up (decay min(0.999, (1+n)/(10+n))) converge within ~2k steps.
         c.model.update(size=None, patch_size=4, hidden_size=128, depth=4, num_heads=4, learn_sigma=False)
         c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", clip_norm=1.0)
-        c.train.update(steps=1600, batch_size=64, log_every=25, eval_every=400, eval_batches=4,
+        c.train.update(steps=1000, batch_size=64, log_every=25, eval_every=500, eval_batches=4,
                        checkpoint_every=200, ema_decay=0.999, ema_warmup=True)
         c.task.update(sample_steps=50, eval_samples=64)
     if arg == "smoke":

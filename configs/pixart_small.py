@@ -14,21 +14,16 @@ combinations; evaluation prompts exactly those, so the model must compose attrib
 
     python -m launch.evaluate --workdir runs/pixart_small_cpu --num 256
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from jaxmodels.config import ConfigError  # noqa: E402
-from jaxmodels.train.defaults import base_config  # noqa: E402
+from jaxmodels.config import ConfigError
+from jaxmodels.data.images import image_data_config
+from jaxmodels.tasks.diffusion import diffusion_task_config
+from jaxmodels.train.defaults import base_config
 
 VARIANTS = ("cpu", "smoke")
 CAPTION_LEN = 72  # the longest embedded caption has 66 bytes
 
 
 def get_config(arg=None):
-    from dit_small import diffusion_task_config, image_data_config
-
     if arg not in (None,) + VARIANTS:
         raise ConfigError(f"unknown variant {arg!r} of pixart_small.py; valid: {', '.join(VARIANTS)}")
     c = base_config()
@@ -51,7 +46,7 @@ def get_config(arg=None):
         c.model.update(size=None, hidden_size=128, depth=4, num_heads=4, encoder_width=128,
                        encoder_depth=2, encoder_heads=4, learn_sigma=False)
         c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", weight_decay=0.0)
-        c.train.update(steps=1600, batch_size=64, log_every=25, eval_every=400, eval_batches=4,
+        c.train.update(steps=1000, batch_size=64, log_every=25, eval_every=500, eval_batches=4,
                        checkpoint_every=200, ema_decay=0.999, ema_warmup=True)
     if arg == "smoke":
         c.model.update(size=None, hidden_size=32, depth=2, num_heads=2, encoder_width=32,

@@ -8,7 +8,6 @@ Prints the `model` section a config should use so its shapes match the weights.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -25,9 +24,12 @@ def main(argv=None) -> int:
     import jax
     n = sum(int(x.size) for x in jax.tree.leaves(params))
     print(f"wrote {args.out} ({n / 1e6:.2f}M params)")
-    print("model section for the config (or pass these as --config.model.<field>=...):")
-    print("  c.model = ml_collections.ConfigDict(" + json.dumps(model_cfg, indent=4).replace("\n", "\n  ") + ")")
-    print(f"  c.init_from = {args.out!r}")
+    print("Use this model section in the config (its shapes must match the weights):")
+    fields = ",\n".join(f"        {k!r}: {v!r}" for k, v in model_cfg.items())
+    print(f"    c.model = ml_collections.ConfigDict({{\n{fields},\n    }})")
+    print(f"    c.init_from = {args.out!r}")
+    print("(or override the fields the config sets: " + " ".join(f"--config.model.{k}={v}" for k, v in model_cfg.items()
+                                                 if k != "name") + f" --config.init_from={args.out})")
     return 0
 
 

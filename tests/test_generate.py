@@ -80,3 +80,22 @@ def test_sampling_respects_top_k_and_seed(tiny):
     np.testing.assert_array_equal(k1, generate.greedy(model, params, prompt, N))
     with pytest.raises(ValueError):
         generate.sample(model, params, prompt, N, jax.random.key(5), top_p=1.5)
+
+
+def test_launch_generate_decodes_checkpoint_params(tiny, monkeypatch, capsys):
+    """launch.generate wires checkpoint params + tokenizer + greedy together (the checkpoint
+    reader is replaced by a stub returning our params; it is tested with the trainer)."""
+    import ml_collections
+
+    import jaxmodels.train.checkpoint as checkpoint
+    from jaxmodels.data.tokenizers import build_tokenizer
+    from launch.generate import main
+
+    model, params, prompt, _ = tiny
+    chars = "".join(chr(c) for c in range(ord("0"), ord("0") + 64))  # 64 sorted characters
+    cfg = ml_collections.ConfigDict({"model": TINY, "data": {"tokenizer": "char", "vocab": chars}})
+    monkeypatch.setattr(checkpoint, "load_params", lambda workdir, use_ema=True: (cfg, params))
+    text = build_tokenizer(cfg.data).decode(np.asarray(prompt[0]).tolist())
+    assert main(["--workdir", "unused", "--prompt", text, "--max_new_tokens", str(N), "--greedy"]) == 0
+    expected = generate.greedy(model, params, prompt[:1], N)[0]
+    assert capsys.readouterr().out.strip() == build_tokenizer(cfg.data).decode(np.asarray(expected).tolist())

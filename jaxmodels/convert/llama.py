@@ -329,3 +329,25 @@ def to_hf(model, params: Mapping, folder: str, dtype=np.float32, tokenizer_from:
             src = os.path.join(tokenizer_from, name)
             if os.path.isfile(src):
                 shutil.copy(src, os.path.join(folder, name))
+
+
+def merge_workdir(workdir: str, out: str, dtype=np.float32) -> dict:
+    """Merges the LoRA adapters of a run's newest checkpoint into its base and writes an HF
+    folder (tokenizer files copied from init_from or data.vocab_path when present).
+    Returns {"config": the run config, "num_params": parameters written}."""
+    from jaxmodels.models import build_model
+    from jaxmodels.train.checkpoint import load_params
+
+    cfg, params = load_params(workdir, use_ema=True)
+    model = build_model(cfg.model)
+    if not hasattr(model, "cfg") or type(model).__module__ != "jaxmodels.models.llama":
+        raise ConfigError(f"{workdir} trained a {cfg.model.name!r} model; merge_lora handles LLaMA-family runs")
+    tokenizer_from = ""
+    for candidate in (cfg.get("init_from", ""), cfg.data.get("vocab_path", "")):
+        if candidate and os.path.isfile(os.path.join(candidate, "tokenizer.json")):
+            tokenizer_from = candidate
+            break
+    to_hf(model, params, out, dtype=dtype, tokenizer_from=tokenizer_from)
+    written = SafetensorsFolder(out)
+    n = sum(int(np.prod(written.get(name, dtype=None).shape)) for name in written.keys())
+    return {"config": cfg, "num_params": n}

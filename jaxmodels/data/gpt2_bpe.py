@@ -3,8 +3,8 @@
 Three steps, as in the GPT-2 paper's tokenizer:
   1. pre-tokenize the text into words with GPT-2's pattern
      `'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+`
-     (written here as a small scanner, because Python's `re` has no \\p{L} and the `regex`
-     module is not a dependency);
+     (Python's `re` has no \\p{L} and the `regex` module is not a dependency, so the
+     pattern runs on a same-length stand-in string of ASCII character classes);
   2. map each word's UTF-8 bytes to printable stand-in characters (so every byte is a symbol);
   3. merge adjacent symbol pairs in order of merge rank until no ranked pair is left.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import unicodedata
 from functools import lru_cache
 
@@ -20,51 +21,37 @@ from functools import lru_cache
 _WHITESPACE = frozenset(
     "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
     "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-_CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
 
-def _kind(ch: str) -> str:
-    """'s' whitespace, 'L' letter (\\p{L}), 'N' number (\\p{N}), 'P' anything else."""
+def _stand_in(ch: str) -> str:
+    r"""The character that represents `ch` in the stand-in string `pretokenize` matches on.
+
+    Letters become "a", numbers "0", other symbols "!", non-space whitespace "\t"; the
+    characters the pattern names literally (space, apostrophe, and the lowercase letters
+    of the contractions) stay themselves, so the contraction alternatives still see them.
+    """
+    if ch in _KEEP:
+        return ch
     if ch in _WHITESPACE:
-        return "s"
+        return "\t"
     cat = unicodedata.category(ch)[0]
-    return cat if cat in ("L", "N") else "P"
+    return "a" if cat == "L" else "0" if cat == "N" else "!"
+
+
+_KEEP = frozenset(" 'strevmld")
+# GPT-2's pattern over stand-ins: [a-z] are exactly the letters, 0 the numbers, [!'] the rest.
+_PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[a-z]+| ?0+| ?[!']+|\s+(?!\S)|\s+""")
 
 
 def pretokenize(text: str) -> list[str]:
-    """Splits text into GPT-2 words; the pieces concatenate back to `text` exactly."""
-    kinds = [_kind(c) for c in text]
-    n = len(text)
-    words = []
-    i = 0
-    while i < n:
-        # 1. contractions, tried first at every word start.
-        hit = next((c for c in _CONTRACTIONS if text.startswith(c, i)), None)
-        if hit is not None:
-            words.append(hit)
-            i += len(hit)
-            continue
-        # 2-4. an optional single space, then a run of letters / numbers / other symbols.
-        start = i
-        j = i + 1 if (text[i] == " " and i + 1 < n and kinds[i + 1] != "s") else i
-        if kinds[j] != "s":
-            run = kinds[j]
-            j += 1
-            while j < n and kinds[j] == run:
-                j += 1
-            words.append(text[start:j])
-            i = j
-            continue
-        # 5-6. whitespace: a run that stops before the last space if a word follows it
-        # (`\s+(?!\S)`), otherwise the whole run (`\s+`, e.g. a lone "\n" before a word).
-        j = i
-        while j < n and kinds[j] == "s":
-            j += 1
-        if j < n and j - i > 1:
-            j -= 1
-        words.append(text[i:j])
-        i = j
-    return words
+    """Splits text into GPT-2 words; the pieces concatenate back to `text` exactly.
+
+    Python's `re` has no \\p{L} or \\p{N}, so the text is first mapped one-to-one onto a
+    stand-in string of a few ASCII classes (same length, so match spans carry over).
+    """
+    table = {ord(c): _stand_in(c) for c in set(text)}
+    stand_in = text.translate(table)
+    return [text[m.start():m.end()] for m in _PATTERN.finditer(stand_in)]
 
 
 @lru_cache(maxsize=None)

@@ -255,6 +255,24 @@ def image_source(data_cfg: Any, split: str):
     raise ConfigError(f"unknown image data.source {source!r}; valid: {', '.join(IMAGE_SOURCES)}")
 
 
+def image_data_config(**overrides):
+    """The `data` section of an image config: the embedded dataset's defaults + overrides.
+
+    source/path as in the module docstring; image_size, channels; num_classes; text (add
+    caption tokens to batches) and caption_len; flip (random horizontal flip, captions
+    fixed); size (virtual length of the embedded train split), val_size; tfds_name,
+    tfds_data_dir (tfds_train_split / tfds_val_split may be added); latent_scale (arrays);
+    num_threads, prefetch (grain read options).
+    """
+    import ml_collections
+
+    d = dict(source="embedded", path="", image_size=32, channels=3, num_classes=glyphs.NUM_CLASSES,
+             text=False, caption_len=72, flip=False, size=1_000_000, val_size=512,
+             tfds_name="", tfds_data_dir="", latent_scale=1.0, num_threads=2, prefetch=4)
+    d.update(overrides)
+    return ml_collections.ConfigDict(d)
+
+
 # ---------------------------------------------------------------- pipeline
 
 def _example_transform(data_cfg: Any):

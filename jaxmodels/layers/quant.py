@@ -90,10 +90,11 @@ def nf4_dequantize(q: dict, shape: tuple[int, ...], dtype=jnp.float32, xp=jnp):
     """The weight of `shape` back from its NF4 leaves, in `dtype`."""
     packed = q["nf4"]
     codes = xp.stack([packed >> 4, packed & 15], axis=-1).reshape(-1, BLOCK)
-    values_NB = xp.asarray(NF4_LEVELS)[codes.astype(xp.int32)]
-    scales_N = nf4_block_scales(q, xp)[: codes.shape[0]]
+    # Straight to `dtype` (bf16 on GPU): no f32 copy of the weight is materialised.
+    values_NB = xp.asarray(NF4_LEVELS).astype(dtype)[codes]
+    scales_N = nf4_block_scales(q, xp)[: codes.shape[0]].astype(dtype)
     flat = (values_NB * scales_N[:, None]).reshape(-1)
-    return flat[: int(np.prod(shape))].reshape(shape).astype(dtype)
+    return flat[: int(np.prod(shape))].reshape(shape)
 
 
 def nf4_matmul(x: jax.Array, q: dict, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:

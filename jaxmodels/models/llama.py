@@ -292,7 +292,7 @@ class Llama(nn.Module):
         output), NF4-quantised where the model is; LoRA leaves keep their values."""
         from jaxmodels.convert.llama import load_into
 
-        return load_into(params, path, self.cfg)
+        return jax.tree.map(jnp.asarray, load_into(params, path, self.cfg))
 
     @nn.nowrap
     def trainable_mask(self, params) -> Optional[Any]:

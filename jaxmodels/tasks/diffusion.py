@@ -44,6 +44,15 @@ TASK_DEFAULTS = dict(
 CONDITIONINGS = ("class", "text", "none")
 
 
+def diffusion_task_config(**overrides):
+    """The `task` section of a diffusion config: TASK_DEFAULTS + overrides, name "diffusion"."""
+    import ml_collections
+
+    t = dict(TASK_DEFAULTS, name="diffusion")
+    t.update(overrides)
+    return ml_collections.ConfigDict(t)
+
+
 def count_matmul_flops(fn, *args) -> float:
     """FLOPs of the dot_general / conv ops in fn(*args), walking the jaxpr (scan bodies x
     their length, so a scanned layer stack counts every layer; XLA's cost_analysis counts
@@ -265,8 +274,9 @@ class DiffusionTask(Task):
         save_grid(samples if samples.shape[-1] in (1, 3) else samples[..., :3],
                   os.path.join(folder, f"step_{step:06d}.png"), rows=rows)
         metrics: dict = {}
+        # The judge reads any RGB size (it resizes to its 32x32); "none" gets the Frechet only.
         judged = (o["eval_judge"] and self.cfg.data.get("source", "embedded") == "embedded"
-                  and o["conditioning"] in ("class", "text") and tuple(self.image_shape) == (32, 32, 3))
+                  and self.image_shape[-1] == 3)
         if judged:
             metrics.update(self.judge_metrics(samples, conds))
         return metrics

@@ -119,6 +119,10 @@ class LMTask(Task):
         if model_cfg.get("vocab_size", 1) <= 0:
             model_cfg["vocab_size"] = self.data_vocab_size()
         self.model = build_model(model_cfg)
+        block = getattr(getattr(self.model, "cfg", None), "block_size", None)
+        if block is not None and self.seq_len > block:
+            raise ConfigError(f"data.seq_len={self.seq_len} exceeds model.block_size={block} (the model "
+                              f"has no positions beyond it): lower data.seq_len or raise model.block_size")
 
     # ------------------------------------------------------------------ data
     @property
@@ -127,7 +131,11 @@ class LMTask(Task):
 
     def _load(self):
         if self._splits is None and not self.is_sort:
-            self._splits, self._tokenizer = load_splits(self.data_cfg)
+            if self.data_cfg.get("source") == "instruct":  # Alpaca data: jaxmodels/data/instruct.py
+                from jaxmodels.data.instruct import load_instruct
+                self._splits, self._tokenizer = load_instruct(self.data_cfg)
+            else:
+                self._splits, self._tokenizer = load_splits(self.data_cfg)
         return self._splits, self._tokenizer
 
     @property
@@ -159,6 +167,9 @@ class LMTask(Task):
         self._check_vocab()
         if self.is_sort:
             return lm_dataset(self.data_cfg, split, batch_size, seed)
+        if self.data_cfg.get("source") == "instruct":
+            from jaxmodels.data.instruct import instruct_dataset
+            return instruct_dataset(self.data_cfg, split, batch_size, seed, self.tokenizer)
         splits, _ = self._load()
         return text_dataset(self.data_cfg, split, batch_size, seed, splits=splits)
 
@@ -206,6 +217,10 @@ class LMTask(Task):
     def load_init_from(self, params: PyTree, path: str) -> PyTree:
         from jaxmodels.convert.pretrained import load_pretrained, restore_into
 
+        if hasattr(self.model, "load_pretrained"):
+            # The family reads the weights into its own layout tensor by tensor (LLaMA:
+            # NF4-quantised as loaded for QLoRA, LoRA adapters kept fresh).
+            return self.model.load_pretrained(params, path)
         _, loaded = load_pretrained(path)
         if self.trainable_mask(params) is not None:
             # Adapters (LoRA) are not in the pretrained checkpoint: keep them fresh.

@@ -64,7 +64,8 @@ def test_pretokenize_splits_like_gpt2_pattern():
     assert pretokenize("a\n\nb ") == ["a", "\n", "\n", "b", " "]  # lone \n before a word
     assert pretokenize("x   ") == ["x", "   "]
     assert pretokenize("I'M") == ["I", "'", "M"]             # contractions are case-sensitive
-    for text in TRICKY:
+    assert pretokenize("x2½ ٣") == ["x", "2½", " ٣"]          # \\p{N} is every number, not just 0-9
+    for text in TRICKY + fuzz_strings():
         assert "".join(pretokenize(text)) == text
 
 
@@ -103,6 +104,14 @@ def test_gpt2_bpe_merges_by_rank_and_round_trips(tmp_path):
         assert tok.decode(tok.encode(text)) == text
 
 
+def fuzz_strings(n=300, seed=0):
+    """Random strings over an alphabet chosen to hit every branch of the GPT-2 pattern."""
+    import random
+    alphabet = list("aAsStTrReEvVmMlLdD'’ \t\n\r\x0b\x0c\x1c\x85\u00a0\u3000 0123456789½Ⅻ٣.,!?-_é世界🙂") + ["  ", "'s", "'ll", " 's"]
+    rnd = random.Random(seed)
+    return ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 30))) for _ in range(n)]
+
+
 def test_gpt2_bpe_matches_huggingface_tokenizers(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     write_bpe_fixture(str(tmp_path))
@@ -111,7 +120,7 @@ def test_gpt2_bpe_matches_huggingface_tokenizers(tmp_path):
     ref = tokenizers.Tokenizer(bpe)
     ref.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     table = byte_to_unicode()
-    for text in TRICKY:
+    for text in TRICKY + fuzz_strings():
         ref_words = [w for w, _ in ref.pre_tokenizer.pre_tokenize_str(text)]
         our_words = ["".join(table[b] for b in w.encode("utf-8")) for w in pretokenize(text)]
         assert our_words == ref_words, text

@@ -50,18 +50,19 @@ def test_dit_shapes_zero_init_and_scan_equivalence():
     cond = {"label": jnp.array([1, 9])}
     params = _init(model, x, t, cond)
     assert params["blocks"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)  # scanned: [depth, ...]
-    out = model.apply({"params": params}, x, t, cond)
+    apply = jax.jit(lambda p: model.apply({"params": p}, x, t, cond))
+    out = apply(params)
     chex.assert_shape(out, (N, 8, 8, 6))  # learn_sigma: eps and v
     np.testing.assert_array_equal(out, 0.0)  # adaLN-Zero + zero final layer
     # scan_layers=False gives the same function with per-block params.
     p = _perturbed(params)
-    out_scan = model.apply({"params": p}, x, t, cond)
+    out_scan = apply(p)
     assert float(jnp.abs(out_scan).max()) > 1e-3
     unrolled = build_model(dict(TINY, scan_layers=False, remat="nothing_saveable"))
     p_unrolled = {k: v for k, v in p.items() if k != "blocks"}
     for i in range(2):
         p_unrolled[f"blocks_{i}"] = jax.tree.map(lambda a: a[i], p["blocks"])
-    np.testing.assert_allclose(unrolled.apply({"params": p_unrolled}, x, t, cond), out_scan, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(unrolled.apply)({"params": p_unrolled}, x, t, cond), out_scan, atol=1e-5)
     with pytest.raises(ConfigError, match="valid"):
         build_model(dict(TINY, conditioning="audio"))
 
@@ -80,16 +81,17 @@ def test_label_dropout_and_null_class():
     x = jax.random.normal(jax.random.key(0), (N, 8, 8, 3))
     t = jnp.array([3, 700])
     p = _perturbed(_init(model, x, t, {"label": jnp.array([1, 9])}))
-    f = lambda cond, **kw: model.apply({"params": p}, x, t, cond, **kw)  # noqa: E731
-    null = f({"label": jnp.array([10, 10])})
-    np.testing.assert_allclose(f({"label": jnp.array([1, 9]), "drop": jnp.array([True, True])}), null, atol=1e-6)
+    apply = jax.jit(lambda c: model.apply({"params": p}, x, t, c))
+    f = lambda label, drop=(False, False): apply({"label": jnp.array(label), "drop": jnp.array(drop)})  # noqa: E731
+    null = f([10, 10])
+    np.testing.assert_allclose(f([1, 9], (True, True)), null, atol=1e-6)
     # train=True drops every label at class_dropout = 1 (draws from the "dropout" rng).
-    np.testing.assert_allclose(f({"label": jnp.array([1, 9])}, train=True, rngs={"dropout": jax.random.key(0)}),
-                               null, atol=1e-6)
-    labelled = f({"label": jnp.array([1, 9])})
+    np.testing.assert_allclose(model.apply({"params": p}, x, t, {"label": jnp.array([1, 9])}, train=True,
+                                           rngs={"dropout": jax.random.key(0)}), null, atol=1e-6)
+    labelled = f([1, 9])
     assert float(jnp.abs(labelled - null).max()) > 1e-3
     # "drop" acts per example.
-    mixed = f({"label": jnp.array([1, 9]), "drop": jnp.array([False, True])})
+    mixed = f([1, 9], (False, True))
     np.testing.assert_allclose(mixed[0], labelled[0], atol=1e-6)
     np.testing.assert_allclose(mixed[1], null[1], atol=1e-6)
 
@@ -115,18 +117,19 @@ def test_pixart_text_paths(encoder):
     assert "scale_shift_table" in params["blocks"] and "t_block" in params
     np.testing.assert_array_equal(params["blocks"]["cross_attn"]["proj"]["kernel"], 0.0)
     assert ("text_encoder" in params["y_embedder"]) == (encoder == "bytes")
-    out = model.apply({"params": params}, x, t, cond)
+    apply = jax.jit(lambda p, c: model.apply({"params": p}, x, t, c))
+    keep, drop = jnp.zeros((N,), bool), jnp.ones((N,), bool)
+    out = apply(params, dict(cond, drop=keep))
     chex.assert_shape(out, (N, 8, 8, 3))
     np.testing.assert_array_equal(out, 0.0)  # zero final linear
     p = _perturbed(params)
-    f = lambda c: model.apply({"params": p}, x, t, c)  # noqa: E731
+    f = lambda c, d=keep: apply(p, dict(c, drop=d))  # noqa: E731
     base = f(cond)
     np.testing.assert_allclose(f(other), base, atol=1e-5)
     assert float(jnp.abs(f(changed) - base).max()) > 1e-4
     # Dropped captions become the learned null embedding, whatever the caption was.
-    drop = jnp.ones((N,), bool)
-    np.testing.assert_allclose(f(dict(cond, drop=drop)), f(dict(changed, drop=drop)), atol=1e-6)
-    assert float(jnp.abs(f(dict(cond, drop=drop)) - base).max()) > 1e-4
+    np.testing.assert_allclose(f(cond, drop), f(changed, drop), atol=1e-6)
+    assert float(jnp.abs(f(cond, drop) - base).max()) > 1e-4
 
 
 def test_text_encoder():
@@ -136,11 +139,12 @@ def test_text_encoder():
     np.testing.assert_array_equal(mask.sum(1), [6, 2])
     variables = jax.jit(lambda: enc.init(jax.random.key(0), tokens, mask))()
     assert variables["params"]["blocks"]["attn"]["qkv"]["kernel"].shape == (2, 32, 96)
-    out = enc.apply(variables, tokens, mask)
+    apply = jax.jit(enc.apply)
+    out = apply(variables, tokens, mask)
     chex.assert_shape(out, (2, 8, 32))
     # Real tokens ignore the padding; the mask defaults to tokens != PAD.
     padded_other = np.where(mask, tokens, 0)
-    np.testing.assert_allclose(enc.apply(variables, padded_other, mask)[1, :2], out[1, :2], atol=1e-5)
+    np.testing.assert_allclose(apply(variables, padded_other, mask)[1, :2], out[1, :2], atol=1e-5)
     np.testing.assert_allclose(enc.apply(variables, tokens), out, atol=1e-6)
 
 

@@ -71,3 +71,93 @@ def test_rwkv4_logits_and_greedy_match_transformers():
     np.testing.assert_allclose(logits, ref["logits"], rtol=1e-4, atol=1e-4 * scale)
     out = greedy(model, params, jnp.asarray(ref["prompt"]), ref["greedy"].shape[1] - ref["prompt"].shape[1])
     np.testing.assert_array_equal(np.asarray(out), ref["greedy"])
+
+
+# ---------------------------------------------------------------- RWKV-7
+
+from jaxmodels.models import rwkv7  # noqa: E402
+
+TINY7 = dict(name="rwkv7", vocab_size=50, d_model=32, head_size=8, n_layer=2, chunk_size=4)
+
+
+def _wkv7_inputs(T=11, seed=0):
+    B, H, N = 2, 2, 4
+    ks = jax.random.split(jax.random.key(seed), 7)
+    r, k, v = (jax.random.normal(ks[i], (B, H, T, N)) for i in range(3))
+    # The model's soft clamp: w in (exp(-e^-0.5), 1).
+    w = jnp.exp(-jnp.exp(-jax.nn.softplus(-2 * jax.random.normal(ks[3], (B, H, T, N))) - 0.5))
+    kk = jax.random.normal(ks[4], (B, H, T, N))
+    kk = kk / jnp.linalg.norm(kk, axis=-1, keepdims=True)
+    a = jax.nn.sigmoid(jax.random.normal(ks[5], (B, H, T, N)))
+    S0 = jax.random.normal(ks[6], (B, H, N, N))
+    return r, w, k, v, -kk, kk * a, S0
+
+
+def test_wkv7_recurrent_matches_numpy_reference():
+    """The RWKV-LM numpy update S = S·w - (S·κ̂)(κ̂a)ᵀ + v kᵀ, y = S r, in float64."""
+    args = _wkv7_inputs(T=5)
+    y, S_last = jax.jit(rwkv7.wkv7_recurrent)(*args)
+    r, w, k, v, alpha, beta, S = (np.asarray(x, np.float64) for x in args)
+    for t in range(5):
+        S = (S * w[:, :, t, None, :] + (S @ alpha[:, :, t, :, None]) * beta[:, :, t, None, :]
+             + v[:, :, t, :, None] * k[:, :, t, None, :])
+        np.testing.assert_allclose(y[:, :, t], (S @ r[:, :, t, :, None])[..., 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(S_last, S, rtol=1e-5, atol=1e-5)
+
+
+def test_wkv7_chunked_equals_recurrent_with_gradients():
+    args = _wkv7_inputs()
+    g_y = jax.random.normal(jax.random.key(5), args[0].shape)
+
+    def loss(args, chunked):
+        y, S = (rwkv7.wkv7_chunked(*args, 4) if chunked else rwkv7.wkv7_recurrent(*args))
+        return jnp.sum(y * g_y) + jnp.sum(S ** 2), (y, S)
+
+    grad_fn = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    g_ref, (y_ref, S_ref) = grad_fn(args, False)
+    g, (y, S) = grad_fn(args, True)  # 11 steps: chunks of 4, 4 and a tail of 3
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(S, S_ref, rtol=1e-5, atol=1e-5)
+    for x, ref in zip(g, g_ref):
+        np.testing.assert_allclose(x, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_rwkv7_init_shapes_and_layer_dependence():
+    model = build_model(TINY7)
+    tokens = jax.random.randint(jax.random.key(0), (2, 8), 0, 50)
+    params = model.init(jax.random.key(1), tokens)["params"]
+    assert sum(x.size for x in jax.tree.leaves(params)) == rwkv7.num_params(model.cfg)
+    att = params["blocks"]["att"]
+    chex.assert_shape(att["r_k"], (2, 4, 8))
+    np.testing.assert_allclose(att["ln_x"]["scale"][:, 0], [(1 / 2) ** 0.7, 1.0], rtol=1e-6)
+    assert not np.allclose(att["w0"][0], att["w0"][1])  # decay init depends on the layer
+    np.testing.assert_array_equal(att["output"]["kernel"], 0.0)
+    logits = jax.jit(model.apply)({"params": params}, tokens)
+    chex.assert_shape(logits, (2, 8, 50))
+    # The RWKV-LM suggestion for the LoRA ranks at C=768.
+    big = rwkv7.Config()
+    assert [big.lora(n) for n in ("decay", "aaa", "mv", "gate")] == [64, 64, 32, 128]
+
+
+@pytest.fixture(scope="module")
+def rwkv7_models():
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 50)
+    chunked = build_model(TINY7)
+    recurrent = build_model(dict(TINY7, wkv_mode="recurrent"))
+    params = _perturbed(chunked.init(jax.random.key(1), tokens)["params"], scale=0.2)
+    return tokens, chunked, recurrent, params
+
+
+def test_rwkv7_chunked_model_equals_recurrent(rwkv7_models):
+    tokens, chunked, recurrent, params = rwkv7_models
+    a = jax.jit(chunked.apply)({"params": params}, tokens)
+    b = jax.jit(recurrent.apply)({"params": params}, tokens)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_rwkv7_prefill_and_steps_equal_full_forward(rwkv7_models):
+    tokens, chunked, _, params = rwkv7_models
+    full = jax.jit(chunked.apply)({"params": params}, tokens)
+    stepped, state = _prefill_then_steps(chunked, params, tokens, 4)
+    np.testing.assert_allclose(stepped, full, rtol=1e-5, atol=1e-5)
+    chex.assert_shape(state["S"], (2, 2, 4, 8, 8))

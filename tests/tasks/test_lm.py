@@ -211,5 +211,7 @@ def test_configs_and_variants():
     for name in ("gpt_shakespeare_char", "gpt2_124m", "mingpt_sort"):
         with pytest.raises(ConfigError, match="valid: .*smoke"):
             load_config(f"configs/{name}.py:nope")
+    with pytest.raises(ConfigError, match="seq_len=64 exceeds model.block_size=32"):
+        build_task(load_config("configs/gpt_shakespeare_char.py:smoke", ["data.seq_len=64"]))
     with pytest.raises(FileNotFoundError, match="char-rnn"):
         build_task(load_config("configs/gpt_shakespeare_char.py", ["data.path=/nonexistent/x.txt"])).tokenizer

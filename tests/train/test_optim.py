@@ -39,7 +39,7 @@ def test_no_weight_decay_on_norms_biases_and_vectors():
     # Behaviour: zero gradients, so only weight decay moves params: p <- p - lr * wd * p.
     cfg.optim.update(lr=0.5, weight_decay=0.1, warmup_steps=0, schedule="constant", clip_norm=0.0)
     opt, _ = make_optimizer(cfg.optim, 10)
-    updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+    updates, _ = jax.jit(opt.update)(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
     new = optax.apply_updates(params, updates)
     for path, decayed in jax.tree_util.tree_flatten_with_path(mask)[0]:
         p = np.asarray(dict(jax.tree_util.tree_flatten_with_path(params)[0])[path])

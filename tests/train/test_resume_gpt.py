@@ -15,14 +15,19 @@ from tests.train.util import ROOT, bit_identical
 SPEC = os.path.join(ROOT, "configs", "gpt_shakespeare_char.py")
 OVERRIDES = ["data.max_bytes=20000"]
 
-# Runs launch.train, SIGKILLing itself right after logging step 15 (checkpoints: 10, 20).
+# Runs launch.train, SIGKILLing itself right after logging step 15 (checkpoints: 10, 20),
+# once the async step-10 save has landed on disk.
 KILL_AT_15 = """
-import os, signal, sys
+import os, signal, sys, time
 import jaxmodels.train.metrics as m
 write = m.MetricsWriter.write
 def write_then_die(self, step, metrics):
     write(self, step, metrics)
     if step == 15:
+        done = os.path.join(os.path.dirname(self.path), "checkpoints", "10")
+        deadline = time.time() + 120
+        while not os.path.isdir(done) and time.time() < deadline:
+            time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
 m.MetricsWriter.write = write_then_die
 from launch.train import main

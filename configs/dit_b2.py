@@ -1,0 +1,41 @@
+"""DiT-B/2 on precomputed 32x32x4 VAE latents: the 12 GB GPU recipe (DiT paper, ImageNet 256).
+
+The latents come from your own encoding (e.g. Stable Diffusion's VAE, as DiT does) stored as
+an .npz with "latents" float [N,32,32,4] (unscaled VAE means) and "label" int [N]; they are
+multiplied by the SD-VAE factor 0.18215 (data.latent_scale). Nothing is downloaded.
+
+    python -m launch.memory --config configs/dit_b2.py          # fits 12 GB? (no data needed)
+    python -m launch.train --config configs/dit_b2.py --config.data.path=data/imagenet256_latents.npz
+    python -m launch.sample --workdir runs/dit_b2 --num 64 --cfg 4.0 --sampler ddim --steps 50
+
+DiT recipe: AdamW lr 1e-4 constant, no weight decay, batch 256, EMA 0.9999, learned sigma,
+linear schedule with T = 1000, class dropout 0.1 (for CFG). On a 12 GB card: bf16 compute,
+params/optimizer in f32, blocks rematerialised (`nothing_saveable`) under nn.scan.
+Sampling writes latents (the .npz); decode them with the same VAE to see images.
+"""
+from jaxmodels.config import ConfigError
+from jaxmodels.data.images import image_data_config
+from jaxmodels.tasks.diffusion import diffusion_task_config
+from jaxmodels.train.defaults import base_config
+
+VARIANTS = ()
+
+
+def get_config(arg=None):
+    if arg is not None:
+        raise ConfigError(f"unknown variant {arg!r} of dit_b2.py; it has none (valid: no variant)")
+    c = base_config()
+    c.model = dict(name="dit", size="dit-b/2", num_classes=1000, class_dropout=0.1, learn_sigma=True,
+                   dtype="bfloat16", remat="nothing_saveable", scan_layers=True)
+    c.task = diffusion_task_config(schedule="linear", num_timesteps=1000, prediction="eps",
+                                   cfg_scale=4.0, sampler="ddim", sample_steps=50, eval_samples=64,
+                                   eval_judge=False)
+    c.data = image_data_config(source="arrays", path="data/imagenet256_latents.npz", image_size=32,
+                               channels=4, num_classes=1000, latent_scale=0.18215, val_size=2048,
+                               num_threads=4, prefetch=8)
+    c.optim.update(lr=1e-4, min_lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999,
+                   weight_decay=0.0, clip_norm=0.0)
+    c.train.update(steps=400_000, batch_size=256, micro_batches=1, log_every=100, eval_every=10_000,
+                   eval_batches=8, checkpoint_every=5000, ema_decay=0.9999, ema_warmup=False)
+    c.memory.budget_gb = 12.0
+    return c
