@@ -11,6 +11,10 @@
     # tiny model, ~20 steps on the embedded corpus (tests)
     python -m launch.train --config configs/gpt_shakespeare_char.py:smoke
 
+Measured on the 2-core dev CPU (shared, so wall times are loose): `:baby` reaches val loss
+2.45 at step 200 (nanoGPT's baby run: 2.47); `:embedded` reaches val 1.94 nats/byte at
+step 1000.
+
 tinyshakespeare.txt (1,115,394 characters, 65 distinct) is char-rnn's `input.txt`:
 https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
 """

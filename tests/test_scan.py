@@ -1,4 +1,6 @@
 """jaxmodels.scan: every mode equals a plain loop and sequential (values, final state, grads)."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,7 @@ def _inputs(T=13, S=(3, 2), seed=0):
 @pytest.mark.parametrize("chunk", [4, 64])  # 13 % 4 != 0 exercises the padded last chunk
 def test_linear_scan_matches_loop(mode, chunk):
     a, b, h0 = _inputs()
-    h_all, h_last = scan.linear_scan(a, b, h0, mode=mode, chunk=chunk)
+    h_all, h_last = jax.jit(functools.partial(scan.linear_scan, mode=mode, chunk=chunk))(a, b, h0)
     ref_all, ref_last = _loop_reference(np.asarray(a), np.asarray(b), np.asarray(h0))
     chex.assert_shape(h_all, a.shape)
     chex.assert_shape(h_last, h0.shape)
@@ -47,19 +49,22 @@ def test_linear_scan_gradients_match_sequential(mode):
         h_all, h_last = scan.linear_scan(a, b, h0, mode=mode, chunk=4)
         return jnp.sum(h_all * w) + jnp.sum(h_last ** 2)
 
-    g_ref = jax.grad(loss, argnums=(0, 1, 2))(a, b, h0, "sequential")
-    g = jax.grad(loss, argnums=(0, 1, 2))(a, b, h0, mode)
+    grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    g_ref = grad_fn(a, b, h0, "sequential")
+    g = grad_fn(a, b, h0, mode)
     for x, y in zip(g, g_ref):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
 def test_step_continues_a_scan_and_bf16_inputs_compute_in_f32():
     a, b, h0 = _inputs(T=6)
-    h_all, _ = scan.linear_scan(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), h0, mode="sequential")
+    h_all, _ = jax.jit(functools.partial(scan.linear_scan, mode="sequential"))(
+        a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), h0)
     assert h_all.dtype == jnp.float32
     h = h0
+    step = jax.jit(scan.step)
     for t in range(6):
-        h = scan.step(a[:, t].astype(jnp.bfloat16), b[:, t].astype(jnp.bfloat16), h)
+        h = step(a[:, t].astype(jnp.bfloat16), b[:, t].astype(jnp.bfloat16), h)
     np.testing.assert_allclose(h, h_all[:, -1], rtol=1e-6)
 
 
@@ -81,9 +86,10 @@ def test_fused_scan_readout(mode):
         return jnp.einsum("bten,btn->bte", h, xs[2])
 
     h0 = jnp.zeros((B, E, N))
-    y, h_last = scan.fused_scan(make_ab, readout, (dt, Bm, Cm, x), h0, mode=mode, chunk=3)
+    y, h_last = jax.jit(lambda xs, h0: scan.fused_scan(make_ab, readout, xs, h0, mode=mode, chunk=3))(
+        (dt, Bm, Cm, x), h0)
     a, b = make_ab((dt, Bm, Cm, x))
-    h_all, ref_last = scan.linear_scan(a, b, h0, mode="sequential")
+    h_all, ref_last = jax.jit(functools.partial(scan.linear_scan, mode="sequential"))(a, b, h0)
     np.testing.assert_allclose(y, readout(h_all, (dt, Bm, Cm, x)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_last, ref_last, rtol=1e-5, atol=1e-6)
 
@@ -122,7 +128,7 @@ def _wkv_inputs(T=13, C=5, seed=2):
 @pytest.mark.parametrize("mode", MODES)
 def test_wkv_log_scan_matches_hf_loop_and_is_stable(mode):
     w, u, k, v = _wkv_inputs()
-    out, state = scan.wkv_log_scan(w, u, k, v, mode=mode, chunk=4)
+    out, state = jax.jit(functools.partial(scan.wkv_log_scan, mode=mode, chunk=4))(w, u, k, v)
     ref, ref_state = _wkv_reference(*(np.asarray(x, np.float64) for x in (w, u, k, v)),
                                     scan.wkv_init_state(2, 5))
     assert np.all(np.isfinite(out))
@@ -137,9 +143,10 @@ def test_wkv_log_scan_matches_hf_loop_and_is_stable(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_wkv_log_scan_state_continues(mode):
     w, u, k, v = _wkv_inputs(T=12)
-    full, s_full = scan.wkv_log_scan(w, u, k, v, mode=mode, chunk=4)
-    first, s = scan.wkv_log_scan(w, u, k[:, :7], v[:, :7], mode=mode, chunk=4)
-    second, s2 = scan.wkv_log_scan(w, u, k[:, 7:], v[:, 7:], s, mode=mode, chunk=4)
+    wkv = jax.jit(functools.partial(scan.wkv_log_scan, mode=mode, chunk=4))
+    full, s_full = wkv(w, u, k, v)
+    first, s = wkv(w, u, k[:, :7], v[:, :7])
+    second, s2 = wkv(w, u, k[:, 7:], v[:, 7:], s)
     np.testing.assert_allclose(jnp.concatenate([first, second], 1), full, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(s2[0] / s2[1], s_full[0] / s_full[1], rtol=1e-5)
 
@@ -153,7 +160,8 @@ def test_wkv_log_scan_gradients_match_sequential(mode):
     def loss(w, u, k, v, mode):
         return jnp.sum(scan.wkv_log_scan(w, u, k, v, mode=mode, chunk=4)[0] * g_out)
 
-    g_ref = jax.grad(loss, argnums=(0, 1, 2, 3))(w, u, k, v, "sequential")
-    g = jax.grad(loss, argnums=(0, 1, 2, 3))(w, u, k, v, mode)
+    grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)
+    g_ref = grad_fn(w, u, k, v, "sequential")
+    g = grad_fn(w, u, k, v, mode)
     for x, y in zip(g, g_ref):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)

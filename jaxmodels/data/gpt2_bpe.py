@@ -16,6 +16,8 @@ import re
 import unicodedata
 from functools import lru_cache
 
+from jaxmodels.data.sources import DataNotFoundError
+
 # \s in the `regex` module (Unicode White_Space property); Python's str.isspace() differs
 # (it also counts U+001C..U+001F), so spell the set out.
 _WHITESPACE = frozenset(
@@ -154,7 +156,7 @@ def find_gpt2_files(vocab_path: str) -> tuple[str, str]:
     merges_txt = os.path.join(folder or ".", "merges.txt")
     missing = [p for p in (vocab_json, merges_txt) if not os.path.isfile(p)]
     if not vocab_path or missing:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"GPT-2 tokenizer files not found (looked for {', '.join(missing) or 'vocab.json, merges.txt'}"
             f" from data.vocab_path={vocab_path!r}). Put GPT-2's `vocab.json` and `merges.txt` "
             "(from the Hugging Face `gpt2` model folder) in one folder and pass "

@@ -6,9 +6,9 @@
             versions, so it is deterministic per machine, not across machines)
   tfds      tfds.data_source(data.tfds_name, split=data.tfds_split) of an already prepared
             text dataset, field data.tfds_text_key; never downloads
-("tokens", already tokenized uint16 files such as nanoGPT's train.bin/val.bin or llm.c's
-shards, is read by `read_token_file`, without documents.)
-("sort", minGPT's generated task, is not a corpus: see data/sort.py.)
+Not corpora: "tokens" (already tokenized uint16 files such as nanoGPT's train.bin/val.bin
+or an llm.c shard, read by `read_token_file`), "sort" (data/sort.py) and "instruct"
+(data/instruct.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,18 @@ import numpy as np
 
 from jaxmodels.config import ConfigError
 
+
+class DataNotFoundError(ConfigError, FileNotFoundError):
+    """A data file, folder, tfds dataset or tokenizer file the config names is missing.
+
+    Both a ConfigError (launch/ prints the message, no traceback) and a FileNotFoundError.
+    """
+
+
 CORPUS_SOURCES = ("file", "embedded", "tfds")
+# Every data.source the LM task accepts (tokens: pre-tokenized files; sort: data/sort.py;
+# instruct: data/instruct.py).
+ALL_SOURCES = CORPUS_SOURCES + ("tokens", "sort", "instruct")
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".text", ".rst", ".json", ".jsonl", ".csv", ".tex", ".html")
 
 
@@ -55,14 +66,14 @@ def file_paths(path: str, max_bytes: int = 0, path_help: str = "") -> list[str]:
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"data.path {path!r} does not exist (cwd {os.getcwd()}). "
+        raise DataNotFoundError(f"data.path {path!r} does not exist (cwd {os.getcwd()}). "
                                 + (path_help or "Pass --config.data.path=<text file or folder>."))
     found = []
     for root, dirs, files in os.walk(path):
         dirs.sort()
         found += [os.path.join(root, f) for f in sorted(files) if f.endswith(TEXT_SUFFIXES)]
     if not found:
-        raise FileNotFoundError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {path!r}")
+        raise DataNotFoundError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {path!r}")
     return _capped(found, max_bytes)
 
 
@@ -85,7 +96,7 @@ def _tfds_source(data_cfg: Any):
         # download=False: offline, an implicit download retries for minutes (STACK.md).
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # not prepared, wrong format, unknown name: one clear message
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"tfds dataset {name!r} split {split!r} is not prepared for random access in "
             f"{data_dir or 'the default tfds data_dir'} ({type(e).__name__}: {str(e)[:200]}). Prepare it "
             f"once with `tfds build {name} --file_format=array_record` (needs tensorflow and network), "
@@ -122,7 +133,7 @@ def read_documents(data_cfg: Any) -> list[str]:
         return [_read_text(p) for p in embedded_paths(max_bytes)]
     if source == "tfds":
         return _tfds_documents(data_cfg)
-    raise ConfigError(f"unknown text data.source {source!r}; valid: {', '.join(CORPUS_SOURCES + ('sort',))}")
+    raise ConfigError(f"unknown text data.source {source!r}; valid: {', '.join(ALL_SOURCES)}")
 
 
 def corpus_fingerprint(data_cfg: Any) -> str:
@@ -145,7 +156,7 @@ def corpus_fingerprint(data_cfg: Any) -> str:
         return "|".join(str(x) for x in ("tfds", _get(data_cfg, "tfds_name"), _get(data_cfg, "tfds_split"),
                                          _get(data_cfg, "tfds_data_dir"), _get(data_cfg, "tfds_text_key"),
                                          max_bytes, len(src)))
-    raise ConfigError(f"unknown text data.source {source!r}; valid: {', '.join(CORPUS_SOURCES + ('sort',))}")
+    raise ConfigError(f"unknown text data.source {source!r}; valid: {', '.join(ALL_SOURCES)}")
 
 
 LLMC_MAGIC = 20240520  # llm.c token shards: 256 int32 header (magic, version, count), uint16 tokens
@@ -158,7 +169,7 @@ def read_token_file(path: str) -> np.ndarray:
     uint16 (nanoGPT's prepare.py output).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"token file {path!r} does not exist")
+        raise DataNotFoundError(f"token file {path!r} does not exist")
     if path.endswith(".npy"):
         return np.load(path, mmap_mode="r")
     header = np.fromfile(path, dtype=np.int32, count=256) if os.path.getsize(path) >= 1024 else None

@@ -94,13 +94,11 @@ def _tokenizer_fingerprint(data_cfg: Any) -> str:
 
 def tokenize_documents(documents: list[str], tokenizer) -> np.ndarray:
     """One token array for the corpus; documents are separated by tokenizer.eot if it has one."""
-    ids: list[int] = []
-    for doc in documents:
-        ids.extend(tokenizer.encode(doc))
-        if tokenizer.eot is not None:
-            ids.append(tokenizer.eot)
     dtype = np.uint16 if tokenizer.vocab_size <= 2 ** 16 else np.uint32
-    return np.asarray(ids, dtype=dtype)
+    eot = [] if tokenizer.eot is None else [tokenizer.eot]
+    # One small array per document: a Python int list of the whole corpus would take ~9x the memory.
+    chunks = [np.asarray(tokenizer.encode(doc) + eot, dtype=dtype) for doc in documents]
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype)
 
 
 def load_tokens(data_cfg: Any) -> tuple[np.ndarray, Any]:
@@ -131,9 +129,9 @@ def load_tokens(data_cfg: Any) -> tuple[np.ndarray, Any]:
     with open(tmp, "wb") as f:
         np.save(f, tokens)
     os.replace(tmp, npy)
-    with open(meta_path + ".tmp", "w") as f:
+    with open(f"{meta_path}.{os.getpid()}.tmp", "w") as f:
         json.dump(meta, f)
-    os.replace(meta_path + ".tmp", meta_path)
+    os.replace(f"{meta_path}.{os.getpid()}.tmp", meta_path)  # last: marks the entry complete
     return np.load(npy, mmap_mode="r"), tokenizer
 
 

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from jaxmodels.config import ConfigError
 from jaxmodels.data.gpt2_bpe import GPT2BPE, find_gpt2_files
+from jaxmodels.data.sources import DataNotFoundError
 
 TOKENIZERS = ("char", "byte", "gpt2", "hf")
 
@@ -76,7 +77,7 @@ class HFTokenizer:
                               "pip install jaxmodels[tokenizers]") from None
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"no tokenizer.json at {file!r}: set --config.data.vocab_path to the "
+            raise DataNotFoundError(f"no tokenizer.json at {file!r}: set --config.data.vocab_path to the "
                                     "model folder that holds tokenizer.json")
         self.tok = Tokenizer.from_file(file)
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)

@@ -15,7 +15,7 @@ quantisation settings bound by functools.partial.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -97,13 +97,22 @@ def lora_trainable_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: is_lora_path(p), params)
 
 
-def merge_lora(params: Mapping, rank: int, alpha: float) -> dict:
+def merge_lora(params: Mapping, rank, alpha: Optional[float] = None) -> dict:
     """Folds every adapter into its base kernel: kernel += (alpha/rank) A B; drops A and B.
+
+    rank: the LoRA rank, or a model Config with lora_rank / lora_alpha (alpha then unused).
+    Projections without an adapter are left as they are (an NF4 one stays NF4: use
+    jaxmodels.convert.llama.base_params for a fully de-quantised f32 tree).
 
     Works on stacked (scanned, leading layer axis) and plain kernels, on numpy or jax
     arrays. An NF4 base is de-quantised to an f32 "kernel" first (merging into 4 bits
     would lose the adapter), so the result is always a plain f32 model.
     """
+    if hasattr(rank, "lora_rank"):
+        rank, alpha = rank.lora_rank, rank.lora_alpha
+    if alpha is None:
+        raise ValueError("merge_lora needs alpha (or a config with lora_rank and lora_alpha)")
+
     def merge(node):
         if not isinstance(node, Mapping):
             return node

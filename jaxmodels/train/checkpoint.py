@@ -100,11 +100,13 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore(self, abstract_state: PyTree, data_iter=None,
-                check_meta: Optional[Callable[[dict], None]] = None):
+                check_meta: Optional[Callable[[dict], None]] = None, set_aside: bool = True):
         """Newest restorable checkpoint -> (step, state, meta); None when there is none.
 
         Each damaged checkpoint is skipped with a warning. check_meta may raise (e.g.
         CheckpointMismatchError): that is a user error, never a reason to fall back.
+        set_aside: move damaged newer checkpoints out of the way (a resuming run must, so
+        it can save those steps again; a reader such as load_params need not).
         """
         steps = self.all_steps()
         errors = []
@@ -124,11 +126,29 @@ class Checkpointer:
             except Exception as e:
                 errors.append(self._skip(step, e))
                 continue
+            if set_aside:
+                self._set_aside([s for s in steps if s > step])
             return step, restored["state"], meta
         if steps:
             raise RuntimeError(f"no checkpoint in {checkpoint_dir(self.workdir)} could be restored "
                                f"(steps {steps}): " + " | ".join(errors))
         return None
+
+    def _set_aside(self, damaged: list[int]) -> None:
+        """Moves damaged checkpoints newer than the restored one to workdir/damaged_checkpoints/,
+        so the resumed run can save those steps again (and the files stay for inspection)."""
+        if not damaged:
+            return
+        self.manager.wait_until_finished()
+        aside = os.path.join(os.path.abspath(self.workdir), "damaged_checkpoints")
+        os.makedirs(aside, exist_ok=True)
+        for step in damaged:
+            src = os.path.join(checkpoint_dir(self.workdir), str(step))
+            dst = os.path.join(aside, f"{step}.{len(os.listdir(aside))}")
+            if os.path.isdir(src):
+                os.rename(src, dst)
+                log.warning("moved damaged checkpoint %s to %s", src, dst)
+        self.manager.reload()
 
     def _skip(self, step: int, error: Exception) -> str:
         msg = (f"checkpoint {step} in {checkpoint_dir(self.workdir)} is damaged "
@@ -162,7 +182,7 @@ def load_params(workdir: str, use_ema: bool = True, step: Optional[int] = None):
         task = build_task(cfg)
         abstract = abstract_with_sharding(make_setup(task, cfg).abstract_state)
         if step is None:
-            found = ckpt.restore(abstract)
+            found = ckpt.restore(abstract, set_aside=False)
             if found is None:
                 raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
             _, state, meta = found

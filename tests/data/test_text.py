@@ -187,3 +187,19 @@ def test_pretokenized_token_files(tmp_path):
     np.save(tmp_path / "all.npy", np.arange(1000, dtype=np.uint32))
     splits, _ = load_splits(lm_data_config(source="tokens", path=str(tmp_path / "all.npy"), tokenizer="byte"))
     assert len(splits["train"]) == 900 and splits["val"][0] == 900
+
+
+def test_bpe_corpus_separates_documents_with_eot(corpus, tmp_path):
+    from .test_tokenizers import write_bpe_fixture
+
+    folder, cfg = corpus
+    vocab_dir = tmp_path / "gpt2"
+    vocab_dir.mkdir()
+    vocab = write_bpe_fixture(str(vocab_dir))
+    bpe_cfg = lm_data_config(**dict(cfg.to_dict(), tokenizer="gpt2", vocab_path=str(vocab_dir)))
+    tokens, tok = load_tokens(bpe_cfg)
+    eot = vocab["<|endoftext|>"]
+    expected = (tok.encode((folder / "a.txt").read_text()) + [eot]
+                + tok.encode((folder / "b.txt").read_text()) + [eot])
+    np.testing.assert_array_equal(tokens, expected)
+    assert tok.eot == eot and tokens.dtype == np.uint16

@@ -149,3 +149,10 @@ def test_hf_tokenizer_json(tmp_path):
 def test_unknown_tokenizer_lists_valid_ones():
     with pytest.raises(ConfigError, match="char, byte, gpt2, hf"):
         build_tokenizer({"tokenizer": "sentencepiece"})
+
+
+def test_hf_tokenizer_without_the_library_names_the_extra(monkeypatch, tmp_path):
+    import sys
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` fail
+    with pytest.raises(ImportError, match=r"pip install jaxmodels\[tokenizers\]"):
+        build_tokenizer({"tokenizer": "hf", "vocab_path": str(tmp_path)})

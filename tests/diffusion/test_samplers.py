@@ -90,12 +90,16 @@ def tiny_dit():
     model = dit.build(dict(size="dit-s/2", hidden_size=32, depth=2, num_heads=2, num_classes=5,
                            in_channels=2, learn_sigma=True))
     x = jnp.zeros((2,) + SHAPE[1:])
-    params = model.init(jax.random.key(0), x, jnp.zeros((2,), jnp.int32), {"label": jnp.zeros((2,), jnp.int32)})["params"]
-    # Zero-init read-outs would make every output 0; perturb so guidance has something to act on.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-    return model, params
+
+    @jax.jit
+    def init():
+        params = model.init(jax.random.key(0), x, jnp.zeros((2,), jnp.int32),
+                            {"label": jnp.zeros((2,), jnp.int32)})["params"]
+        # Zero-init read-outs would make every output 0; perturb so guidance has something to act on.
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        return jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    return model, init()
 
 
 def test_cfg(tiny_dit):
@@ -103,14 +107,14 @@ def test_cfg(tiny_dit):
     x = jax.random.normal(jax.random.key(2), SHAPE)
     t = jnp.array([10, 500, 990])
     cond = {"label": jnp.array([0, 3, 4])}
-    apply = lambda c: model.apply({"params": params}, x, t, c)  # noqa: E731
+    apply = jax.jit(lambda c: model.apply({"params": params}, x, t, c))
     cond_out = apply(cond)
     # Scale 1 is the conditional model, exactly.
-    np.testing.assert_array_equal(samplers.cfg_denoise_fn(model.apply, params, cond, 1.0)(x, t), cond_out)
+    np.testing.assert_array_equal(jax.jit(samplers.cfg_denoise_fn(model.apply, params, cond, 1.0))(x, t), cond_out)
     # Otherwise uncond + s (cond - uncond) on eps, the learned variance from the conditional half.
-    uncond_out = apply({"label": cond["label"], "drop": jnp.ones((3,), bool)})
+    uncond_out = model.apply({"params": params}, x, t, {"label": cond["label"], "drop": jnp.ones((3,), bool)})
     np.testing.assert_allclose(uncond_out, apply({"label": jnp.full((3,), 5)}), atol=1e-6)  # null class
-    guided = samplers.cfg_denoise_fn(model.apply, params, cond, 4.0)(x, t)
+    guided = jax.jit(lambda x, t: samplers.cfg_denoise_fn(model.apply, params, cond, 4.0)(x, t))(x, t)
     C = SHAPE[-1]
     np.testing.assert_allclose(guided[..., :C], uncond_out[..., :C] + 4.0 * (cond_out[..., :C] - uncond_out[..., :C]),
                                atol=1e-5)

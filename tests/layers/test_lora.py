@@ -2,6 +2,8 @@
 and optimizer steps through the model's trainable_mask change only adapter leaves."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +17,13 @@ TINY = dict(name="llama", vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_hea
 ALL_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "head")
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted(model):
+    return jax.jit(model.apply)
+
+
 def apply(model, params, toks):
-    return jax.jit(model.apply)({"params": params}, toks)
+    return _jitted(model)({"params": params}, toks)
 
 
 def tokens(seed=0, shape=(2, 12)):

@@ -1,4 +1,6 @@
 """DiT / PixArt-alpha backbones and the byte-level text encoder (tiny configs on CPU)."""
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -19,6 +21,7 @@ def _count(tree):
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+@functools.partial(jax.jit, static_argnames=("seed", "scale"))
 def _perturbed(params, seed=1, scale=0.05):
     """Params with noise added, so zero-initialised layers stop hiding the paths under test."""
     leaves, tree = jax.tree.flatten(params)
@@ -86,8 +89,8 @@ def test_label_dropout_and_null_class():
     null = f([10, 10])
     np.testing.assert_allclose(f([1, 9], (True, True)), null, atol=1e-6)
     # train=True drops every label at class_dropout = 1 (draws from the "dropout" rng).
-    np.testing.assert_allclose(model.apply({"params": p}, x, t, {"label": jnp.array([1, 9])}, train=True,
-                                           rngs={"dropout": jax.random.key(0)}), null, atol=1e-6)
+    train_apply = jax.jit(lambda c, r: model.apply({"params": p}, x, t, c, train=True, rngs={"dropout": r}))
+    np.testing.assert_allclose(train_apply({"label": jnp.array([1, 9])}, jax.random.key(0)), null, atol=1e-6)
     labelled = f([1, 9])
     assert float(jnp.abs(labelled - null).max()) > 1e-3
     # "drop" acts per example.

@@ -1,4 +1,6 @@
 """The improved-diffusion / UNet2DModel-style U-Net (tiny configs on CPU)."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ def _count(tree):
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+@functools.partial(jax.jit, static_argnames=("seed", "scale"))
 def _perturbed(params, seed=1, scale=0.05):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
@@ -52,7 +55,8 @@ def test_class_unet_shapes_zero_init_and_attention_path():
     np.testing.assert_allclose(apply(p, dict(cond, drop=jnp.array([True, True]))), null, atol=1e-6)
     assert float(jnp.abs(null - base).max()) > 1e-4
     # Dropout is active with train=True only.
-    train_out = model.apply({"params": p}, x, t, cond, train=True, rngs={"dropout": jax.random.key(1)})
+    train_out = jax.jit(lambda r: model.apply({"params": p}, x, t, cond, train=True, rngs={"dropout": r}))(
+        jax.random.key(1))
     assert float(jnp.abs(train_out - base).max()) > 1e-4
 
 

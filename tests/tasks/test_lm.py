@@ -2,7 +2,6 @@
 vocab resolution, FLOPs, sort evaluation, samples, init_from, and a loss that falls."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest

@@ -13,7 +13,7 @@ from jaxmodels.train.metrics import read_metrics
 from tests.train.util import ROOT, bit_identical
 
 SPEC = os.path.join(ROOT, "configs", "gpt_shakespeare_char.py")
-OVERRIDES = ["data.max_bytes=20000"]
+OVERRIDES = ["data.max_bytes=20000", "train.eval_every=0"]  # eval (and sampling) at the end only
 
 # Runs launch.train, SIGKILLing itself right after logging step 15 (checkpoints: 10, 20),
 # once the async step-10 save has landed on disk.

@@ -95,13 +95,16 @@ class ToyTask(Task):
         ds = ds.batch(batch_size, drop_remainder=True)
         nan_after, delay = int(t.get("nan_after", -1)), float(t.get("delay", 0.0))
 
-        def finish(i, batch):
-            if delay:
-                time.sleep(delay)
+        def poison(i, batch):  # NaN scale from batch nan_after on: a diverging run, on demand
             bad = 0 <= nan_after <= i
             return {**batch, "scale": np.full((batch_size,), np.nan if bad else 1.0, np.float32)}
 
-        return ds.map_with_index(finish).to_iter_dataset()
+        def slow(batch):  # after to_iter_dataset: runs in the consumer thread, one batch at a time
+            time.sleep(delay)
+            return batch
+
+        it = ds.map_with_index(poison).to_iter_dataset()
+        return it.map(slow) if delay else it
 
     def abstract_batch(self, batch_size):
         return {"tokens": jax.ShapeDtypeStruct((batch_size, self.seq_len + 1), jnp.int32),
