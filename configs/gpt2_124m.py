@@ -12,8 +12,9 @@ are 64 micro-batches of 8 so one step fits a 12 GB GPU: `launch.memory` (compile
 estimates 8.2 GiB; micro-batches of 16 need 13.9 GiB (9.4 with remat=nothing_saveable), most
 of it the f32 logits [micro, 1024, 50304] and their gradient.
 The tokenizer is GPT-2's BPE from local vocab.json + merges.txt (the Hugging Face `gpt2`
-folder has them); nothing is downloaded. Tokenizing is pure Python (~1 MB of text per few
-seconds), done once and cached as uint16 tokens.
+folder has them); nothing is downloaded. Tokenizing is pure Python (BPE merges cached per
+distinct word), done once and cached as uint16 tokens; for corpora of many GB, tokenize
+elsewhere and use --config.data.source=tokens (nanoGPT's train.bin/val.bin, llm.c shards).
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config

@@ -44,6 +44,8 @@ def get_config(arg=None):
                             tokenizer="char", seq_len=256, max_bytes=0)
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", decay_steps=5000,
                    b1=0.9, b2=0.99, weight_decay=0.1, clip_norm=1.0)
+    # nanoGPT evaluates 200 random batches; our val set is one fixed pass of random windows
+    # over the val split (111,540 tokens -> 435 windows), so at most 6 batches of 64 exist.
     c.train.update(steps=5000, batch_size=64, micro_batches=1, log_every=10, eval_every=250,
                    eval_batches=200, checkpoint_every=250)
 

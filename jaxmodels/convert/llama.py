@@ -208,8 +208,26 @@ def load_into(params: Mapping, folder: str, cfg) -> dict:
             value = np.asarray(loaded_flat[key], np.float32)
             return value if layer is None else value[layer]
     else:
+        from jaxmodels.convert import read_hf_config
+        check_matches(cfg, config_from_hf(read_hf_config(folder)), folder)
         read = hf_tensor_reader(folder)
     return fill_params(params, read, cfg.n_layers)
+
+
+def check_matches(cfg, hf_fields: Mapping[str, Any], folder: str) -> None:
+    """Raises ConfigError when the model config differs from the checkpoint's in anything
+    that changes the function (eps, rope, window, biases...), not just in shapes."""
+    diffs = []
+    for key, value in hf_fields.items():
+        ours = cfg.dh if key == "head_dim" else getattr(cfg, key)
+        theirs = (value or cfg.dim // cfg.n_heads) if key == "head_dim" else value
+        if key == "max_len":
+            continue  # only bounds the decode cache
+        same = np.isclose(ours, theirs, rtol=1e-6) if isinstance(theirs, float) else ours == theirs
+        if not same:
+            diffs.append(f"model.{key}={ours!r} but the checkpoint has {theirs!r}")
+    if diffs:
+        raise ConfigError(f"init_from {folder!r} does not match the model section: " + "; ".join(diffs))
 
 
 def from_hf(folder: str, hf_config: Mapping[str, Any], **overrides):

@@ -38,7 +38,7 @@ HEADS = {name: len(values) for name, values in glyphs.ATTRIBUTES.items()}
 
 @dataclasses.dataclass(frozen=True)
 class JudgeRecipe:
-    width: int = 64          # per-patch MLP width
+    width: int = 32          # channels of the first conv; doubles twice
     features: int = 128      # penultimate width (the Frechet feature space)
     train_size: int = 8000   # generated training images
     test_size: int = 2000    # generated held-out images (another seed)
@@ -50,26 +50,20 @@ class JudgeRecipe:
 
 
 class JudgeNet(nn.Module):
-    """4x4 patches -> per-patch MLP -> flatten (positions matter: no pooling) -> MLP -> heads.
-
-    Matmuls only: XLA:CPU runs convolution backward passes ~10x slower than the same FLOPs
-    as dense matmuls, and a per-patch MLP reads these flat-coloured glyphs just as well.
-    """
-    width: int = 64
+    """3x3 convs 32->16->8->4 with GroupNorm + GELU, flattened (position matters, so no
+    global pooling), a `features`-wide penultimate layer, one head per attribute."""
+    width: int = 32
     features: int = 128
-    patch: int = 4
 
     @nn.compact
     def __call__(self, x_NHWC: jax.Array) -> tuple[jax.Array, dict]:
-        N, H, W, C = x_NHWC.shape
-        p = self.patch
-        x = x_NHWC.reshape(N, H // p, p, W // p, p, C).transpose(0, 1, 3, 2, 4, 5)
-        x = x.reshape(N, (H // p) * (W // p), p * p * C)
-        x = nn.gelu(nn.Dense(self.width, name="patch1")(x))
-        x = nn.gelu(nn.Dense(self.width, name="patch2")(x))
-        x = nn.LayerNorm(name="norm")(x.reshape(N, -1))
-        x = nn.gelu(nn.Dense(2 * self.features, name="mix")(x))
-        feats = nn.gelu(nn.Dense(self.features, name="penultimate")(x))
+        w = self.width
+        x = x_NHWC
+        for i, (ch, stride) in enumerate([(w, 1), (w, 2), (2 * w, 1), (2 * w, 2), (4 * w, 2)]):
+            x = nn.Conv(ch, (3, 3), strides=stride, name=f"conv{i}")(x)
+            x = nn.GroupNorm(num_groups=8, name=f"norm{i}")(x)
+            x = nn.gelu(x)
+        feats = nn.gelu(nn.Dense(self.features, name="penultimate")(x.reshape(x.shape[0], -1)))
         logits = {name: nn.Dense(n, name=f"head_{name}")(feats) for name, n in HEADS.items()}
         return feats, logits
 

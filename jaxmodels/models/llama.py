@@ -206,14 +206,14 @@ class Block(nn.Module):
         h_BTD, cache = Attention(cfg, self.deterministic, name="attn")(h_BTD, cache, pos)
         x_BTD = x_BTD + h_BTD.astype(x_BTD.dtype)
         h_BTD = RMSNorm(eps=cfg.norm_eps, dtype=dtype, name="mlp_norm")(x_BTD)
-        dense = _MLPDense(cfg, self.deterministic)
+        dense = _mlp_dense(cfg, self.deterministic)
         h_BTD = SwiGLUMLP(hidden=cfg.hidden_dim, use_bias=cfg.mlp_bias, dtype=dtype,
                           kernel_init=nn.initializers.normal(cfg.init_std), dense=dense,
                           name="mlp")(h_BTD)
         return x_BTD + h_BTD.astype(x_BTD.dtype), cache
 
 
-def _MLPDense(cfg: Config, deterministic: bool):
+def _mlp_dense(cfg: Config, deterministic: bool):
     """SwiGLUMLP calls dense(..., name="gate_proj" | "up_proj" | "down_proj"): route each
     name to its LoRA target."""
     def make(features, *, name, **kwargs):

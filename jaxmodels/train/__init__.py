@@ -1,0 +1,13 @@
+"""The one shared trainer.
+
+  loop.py        train(cfg, workdir): the whole run (resume, eval, checkpoints, signals)
+  step.py        the jitted train step (micro-batch scan, trainable mask) and eval step
+  optim.py       AdamW, lr schedule, weight-decay and trainable masks
+  state.py       TrainState and the EMA
+  build.py       optimizer + (abstract) state shared by loop, memory and load_params
+  checkpoint.py  Orbax checkpoints (state, data position, meta), load_params
+  memory.py      compile-time memory estimate against memory.budget_gb
+  flops.py       peak FLOP/s tables and MFU
+  metrics.py     metrics.jsonl (+ TensorBoard)
+  bench.py       step timing for launch.bench
+"""

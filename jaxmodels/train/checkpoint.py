@@ -12,7 +12,6 @@ import os
 import warnings
 from typing import Any, Callable, Optional
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -86,6 +85,7 @@ class Checkpointer:
         """Starts an (async) save; the iterator state is captured now."""
         items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data_iter is not None:
+            import grain  # only runs that have a data pipeline need grain
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
 
@@ -120,6 +120,7 @@ class Checkpointer:
                 check_meta(meta)
             items = dict(state=ocp.args.StandardRestore(abstract_state))
             if data_iter is not None:
+                import grain
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))

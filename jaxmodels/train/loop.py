@@ -61,6 +61,9 @@ class _StopFlag:
 
 def _host_batch(batch: dict, abstract: dict, split_sharding) -> dict:
     """numpy batch with the abstract batch's dtypes (the compiled step is typed exactly)."""
+    missing = sorted(set(batch) - set(abstract))
+    if missing:
+        raise ValueError(f"batch entries {missing} are not in task.abstract_batch ({sorted(abstract)})")
     out = {k: np.asarray(v, dtype=abstract[k].dtype) for k, v in batch.items()}
     if split_sharding is not None:
         out = jax.device_put(out, split_sharding)
@@ -128,20 +131,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     signature = model_signature(setup.abstract_params)
     meta = {"config": config_to_json(cfg), "signature": signature}
     ckpt = Checkpointer(workdir, int(tc.max_to_keep))
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    found = ckpt.restore(abstract_state, data_iter,
-                         check_meta=lambda m: check_compatible(m, cfg, signature, workdir))
+    try:
+        found = ckpt.restore(abstract_state, data_iter,
+                             check_meta=lambda m: check_compatible(m, cfg, signature, workdir))
+    except BaseException:
+        ckpt.close()
+        raise
     if found is not None:
         step, state, _ = found
         print(f"resumed from {ckpt.manager.directory} at step {step}", flush=True)
     else:
         step, state = 0, fresh_state(task, cfg, setup, replicated)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
     truncate_after(metrics_path, step)
 
     eval_step = make_eval_step(task, mesh)
-    writer = MetricsWriter(workdir, bool(tc.tensorboard))
-    stop = _StopFlag()
-    stop.install()
     units_per_batch = batch_size * float(task.units_per_example())
     flops_per_example = float(task.flops_per_example())
     n_devices = 1 if mesh is None else mesh.size
@@ -149,6 +153,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if flops_per_example > 0:
         dtype = str(cfg.model.get("dtype", "float32")) if "model" in cfg else "float32"
         peak = flops_lib.peak_flops(dtype=dtype)
+    writer = MetricsWriter(workdir, bool(tc.tensorboard))
+    stop = _StopFlag()
+    stop.install()
     bar = None
     if tc.progress:
         from tqdm import tqdm
@@ -180,10 +187,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             for s, m in fetched:
                 bad = [k for k in ("loss", "grad_norm") if not math.isfinite(float(m[k]))]
                 if bad:
+                    kept = (f"the last good checkpoint (step {last_saved}) in {workdir} is kept"
+                            if last_saved >= 0 else "no checkpoint had been saved yet")
                     raise TrainingDivergedError(
-                        f"{' and '.join(bad)} became {float(m[bad[0]])} at step {s}; stopped. The last good "
-                        f"checkpoint (step {max(last_saved, 0) if last_saved >= 0 else 'none'}) in {workdir} "
-                        f"is kept. Lower optim.lr, raise optim.warmup_steps, or check the data.")
+                        f"{' and '.join(bad)} became {float(m[bad[0]])} at step {s}; stopped: {kept}. "
+                        f"Lower optim.lr, raise optim.warmup_steps, or check the data.")
             now = time.perf_counter()
             rate = steps_since_mark / (now - t_mark) if steps_since_mark else 0.0
             if do_log:

@@ -7,8 +7,8 @@ import pytest
 
 from jaxmodels.diffusion import judge as J
 
-TINY = J.JudgeRecipe(width=8, features=32, train_size=768, test_size=256, steps=80, batch_size=64,
-                     lr=5e-3, seed=1)
+TINY = J.JudgeRecipe(width=16, features=64, train_size=1024, test_size=256, steps=150, batch_size=32,
+                     lr=3e-3, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +18,9 @@ def tiny(tmp_path_factory):
 
 def test_tiny_judge_beats_chance_by_far(tiny):
     m = tiny.metrics
-    assert m["shape"] > 0.5          # chance 1/8
+    assert m["shape"] > 0.4          # chance 1/8
     assert m["background"] > 0.9     # chance 1/3
-    assert m["colour"] > 0.5         # chance 1/6
+    assert m["colour"] > 0.8         # chance 1/6
     images, attrs = J.generate(64, seed=5)
     acc = J.attribute_accuracy(images, attrs, tiny)
     assert acc["mean"] > 0.6 and set(acc) == set(J.HEADS) | {"mean", "all_attributes"}

@@ -107,10 +107,12 @@ def test_cfg(tiny_dit):
     x = jax.random.normal(jax.random.key(2), SHAPE)
     t = jnp.array([10, 500, 990])
     cond = {"label": jnp.array([0, 3, 4])}
-    apply = jax.jit(lambda c: model.apply({"params": params}, x, t, c))
+    apply = jax.jit(lambda c, p=params: model.apply({"params": p}, x, t, c))
     cond_out = apply(cond)
-    # Scale 1 is the conditional model, exactly.
-    np.testing.assert_array_equal(jax.jit(samplers.cfg_denoise_fn(model.apply, params, cond, 1.0))(x, t), cond_out)
+    # Scale 1 is the conditional model, exactly (compiled the same way: params as arguments).
+    scale1 = jax.jit(lambda p, c: samplers.cfg_denoise_fn(model.apply, p, c, 1.0)(x, t))(params, cond)
+    np.testing.assert_array_equal(scale1, jax.jit(lambda p, c: model.apply({"params": p}, x, t, c))(params, cond))
+    np.testing.assert_allclose(scale1, cond_out, atol=1e-6)
     # Otherwise uncond + s (cond - uncond) on eps, the learned variance from the conditional half.
     uncond_out = model.apply({"params": params}, x, t, {"label": cond["label"], "drop": jnp.ones((3,), bool)})
     np.testing.assert_allclose(uncond_out, apply({"label": jnp.full((3,), 5)}), atol=1e-6)  # null class

@@ -2,6 +2,7 @@
 checkpoint layouts (bf16, sharded, old rope_scaling), export round trip and named sizes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -218,6 +219,11 @@ def test_init_from_hf_into_qlora_model_keeps_adapters_fresh():
     _, nf4_params = convert.from_hf(fixture("llama"), read_hf_config(fixture("llama")), quant="nf4")
     chex.assert_trees_all_equal(loaded["layers"]["mlp"]["up_proj"], nf4_params["layers"]["mlp"]["up_proj"])
     chex.assert_trees_all_equal(loaded["embed"], nf4_params["embed"])
+    # A model section that differs from the checkpoint in more than shapes is refused.
+    from jaxmodels.config import ConfigError
+    wrong = llama.Llama(dataclasses.replace(model.cfg, rope_theta=500000.0))
+    with pytest.raises(ConfigError, match="rope_theta"):
+        wrong.load_pretrained(fresh, fixture("llama"))
 
 
 def test_7b_qlora_config_state_is_nf4_with_adapter_only_moments():
@@ -245,7 +251,6 @@ def test_7b_qlora_config_state_is_nf4_with_adapter_only_moments():
 def test_bf16_compute_and_unrolled_layers(loaded):
     """dtype="bfloat16" (the GPU setting) stays close to the f32 reference; scan_layers=False
     (unrolled, same param layout) gives the same logits as the scan."""
-    import dataclasses
     model, params = loaded["llama"]
     tokens = jnp.asarray(reference("llama")["tokens"])
     ref = reference("llama")["logits"]

@@ -34,3 +34,12 @@ def test_over_budget_is_refused_before_step_0(tmp_path):
     assert "micro_batches=2" in msg and "--config.model.remat=nothing_saveable" in msg
     assert "--config.model.seq_len" in msg and "DOES NOT FIT" in msg
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_launch_memory_exit_codes(capsys):
+    from launch.memory import main
+    from tests.train.util import TOY_CONFIG
+    assert main(["--config", TOY_CONFIG]) == 0
+    assert "total" in capsys.readouterr().out
+    assert main(["--config", TOY_CONFIG, "--config.memory.budget_gb=1e-5"]) == 1
+    assert "does not fit; try: --config.train.micro_batches=2" in capsys.readouterr().out

@@ -29,7 +29,7 @@ def test_schedule_warmup_cosine_and_constant():
 def test_no_weight_decay_on_norms_biases_and_vectors():
     cfg = toy_cfg()
     task = build_task(cfg)
-    params = task.init_params(jax.random.PRNGKey(0))
+    params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
     mask = decay_mask(params)
     # Scanned blocks give norms and biases a leading [layers] axis: still not decayed.
     assert mask["blocks"]["up"]["kernel"] and mask["blocks"]["down"]["kernel"]
