@@ -93,11 +93,11 @@ def tiny_dit():
 
     @jax.jit
     def init():
-        params = model.init(jax.random.key(0), x, jnp.zeros((2,), jnp.int32),
+        params = model.init(jax.random.key(0, impl="rbg"), x, jnp.zeros((2,), jnp.int32),
                             {"label": jnp.zeros((2,), jnp.int32)})["params"]
         # Zero-init read-outs would make every output 0; perturb so guidance has something to act on.
         leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.key(1), len(leaves))
+        keys = jax.random.split(jax.random.key(1, impl="rbg"), len(leaves))
         return jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
     return model, init()
 
