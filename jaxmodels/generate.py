@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 PyTree = Any
 
@@ -121,8 +120,3 @@ def sample(model, params: PyTree, prompt, max_new_tokens: int, rng: jax.Array,
                   None if top_k is None else int(top_k), top_p is not None,
                   jnp.dtype(state_dtype or _state_dtype(model)))
     return fn(params, prompt, rng, jnp.float32(temperature), jnp.float32(1.0 if top_p is None else top_p))
-
-
-def to_numpy(tokens: jax.Array) -> np.ndarray:
-    """Host copy of generated tokens (for tokenizers' decode)."""
-    return np.asarray(jax.device_get(tokens))

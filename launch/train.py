@@ -17,7 +17,7 @@ from jaxmodels.config import ConfigError, load_config
 
 def parse(argv: list[str], description: str, workdir: bool = True):
     """argparse for --config/--workdir; unknown `--config.a.b=v` args become overrides."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
     if workdir:
         parser.add_argument("--workdir", default="", help="run directory (default: train.workdir or runs/<name>)")

@@ -11,7 +11,10 @@ valid; that case is expressed with an explicit boolean mask.
 Dropout on the attention probabilities (GPT-2's attn_pdrop, nanoGPT's dropout) cannot be
 expressed through jax.nn.dot_product_attention, so training with dropout_rate > 0 takes
 the explicit einsum + f32 softmax path (`attention_einsum`), which also serves as the
-reference the tests compare against.
+reference the tests compare against. On XLA:CPU both paths compile to the same einsum +
+softmax: the nanoGPT baby train step (4/4/128, block 64, batch 12, f32) measured the same
+CPU time either way (einsum/dot_product_attention = 0.99-1.00, A/B interleaved), so CPU
+gets no special case.
 """
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ Init (RWKV-LM generate_init_weight + RWKV_Tmix_x070.__init__): emb U(±1e-4); he
 zero; LoRA down (W1, A1, V1, G1) zero and up (W2, A2, V2, G2) orthogonal·0.1; ln_x scale
 ((l+1)/L)^0.7; mixes, w0, a0, v0, k_k, k_a, r_k layer-dependent as in RWKV-LM.
 Decode state per layer: att_x, ffn_x [B, C] and S [B, H, N, N] f32 (flat in sequence length).
+The layers are one nn.scan, so layer 0 also holds v0/V1/V2 (RWKV-LM has none there); they
+are unused (the value residual is switched off at layer 0) and get zero gradient.
 """
 from __future__ import annotations
 

@@ -83,8 +83,10 @@ def cpu_peak_flops() -> float:
         cached[key] = entry
         try:
             os.makedirs(cache_dir(), exist_ok=True)
-            with open(path, "w") as f:
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
                 json.dump(cached, f)
+            os.replace(tmp, path)  # atomic: parallel test workers never read half a file
         except OSError:
             pass  # a read-only home only costs a re-measurement next time
     return float(entry["flops"])

@@ -73,7 +73,7 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
 
         train_leaves = [x for x, m in zip(leaves, mask) if m]
         (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(train_leaves)
-        aux = {name: jnp.asarray(v, jnp.float32) for name, v in aux.items()}
+        aux = {name: jnp.asarray(v, jnp.float32) for name, v in {"weight": 1.0, **aux}.items()}
         return jnp.asarray(loss, jnp.float32), aux, grads
 
     def expand(params, train_grads):

@@ -91,15 +91,13 @@ def tiny_dit():
                            in_channels=2, learn_sigma=True))
     x = jnp.zeros((2,) + SHAPE[1:])
 
-    @jax.jit
-    def init():
-        params = model.init(jax.random.key(0, impl="rbg"), x, jnp.zeros((2,), jnp.int32),
-                            {"label": jnp.zeros((2,), jnp.int32)})["params"]
-        # Zero-init read-outs would make every output 0; perturb so guidance has something to act on.
-        leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.key(1, impl="rbg"), len(leaves))
-        return jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-    return model, init()
+    params = jax.jit(lambda: model.init(jax.random.key(0, impl="rbg"), x, jnp.zeros((2,), jnp.int32),
+                                        {"label": jnp.zeros((2,), jnp.int32)})["params"])()
+    # Zero-init read-outs would make every output 0; perturb so guidance has something to act
+    # on (numpy noise: a jitted PRNG draw per leaf is slow to compile).
+    rng = np.random.default_rng(1)
+    return model, jax.tree.map(lambda p: jnp.asarray(p + 0.05 * rng.standard_normal(p.shape).astype(np.float32)),
+                               params)
 
 
 def test_cfg(tiny_dit):

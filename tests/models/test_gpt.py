@@ -171,16 +171,15 @@ def test_causality(tiny, tiny_fwd):
     assert np.all(np.abs(a[:, t:] - b[:, t:]).max(axis=-1) > 1e-6)
 
 
-def test_init_statistics():
-    model = build_model(dict(TINY, n_layer=4, n_embd=64))
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    params = jax.tree.map(np.asarray, params)
+def test_init_statistics(tiny):
+    params = jax.tree.map(np.asarray, tiny[1])
     h = params["h"]
-    resid_std = 0.02 / math.sqrt(2 * 4)
+    resid_std = 0.02 / math.sqrt(2 * 2)  # n_layer = 2
+    # Tolerance 8%: the smallest tensor (wpe, 1024 draws) has a 2.2% std error.
     for kernel, std in [(h["attn"]["c_proj"]["kernel"], resid_std), (h["mlp"]["proj"]["kernel"], resid_std),
                         (h["attn"]["c_attn"]["kernel"], 0.02), (h["mlp"]["fc"]["kernel"], 0.02),
                         (params["wte"], 0.02), (params["wpe"], 0.02)]:
-        assert abs(kernel.std() / std - 1) < 0.05, (kernel.shape, kernel.std(), std)
+        assert abs(kernel.std() / std - 1) < 0.08, (kernel.shape, kernel.std(), std)
         assert abs(kernel.mean()) < 0.1 * std
     for bias in (h["attn"]["c_attn"]["bias"], h["mlp"]["proj"]["bias"], params["ln_f"]["bias"]):
         assert np.abs(bias).max() == 0.0

@@ -15,14 +15,16 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "mamba")
 TINY = dict(name="mamba", vocab_size=50, d_model=32, n_layer=2, d_state=4, scan_chunk=4)
 
 
-def _init(model, T=10, seed=0):
-    tokens = jax.random.randint(jax.random.key(seed), (2, T), 0, 50)
-    return tokens, model.init(jax.random.key(1), tokens)["params"]
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_model(dict(TINY, scan_mode="sequential"))
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 50)
+    params = jax.jit(model.init)(jax.random.key(1), tokens)["params"]
+    return model, tokens, params, jax.jit(model.apply)({"params": params}, tokens)
 
 
-def test_shapes_padding_and_init():
-    model = build_model(TINY)
-    tokens, params = _init(model)
+def test_shapes_padding_and_init(tiny):
+    model, tokens, params, logits = tiny
     cfg = model.cfg
     assert cfg.padded_vocab == 56  # 50 padded to a multiple of 8, as mamba_ssm does
     chex.assert_shape(params["embedding"], (56, 32))
@@ -37,8 +39,7 @@ def test_shapes_padding_and_init():
     limit = 1 / math.sqrt(64) / math.sqrt(2)
     out = params["layers"]["mixer"]["out_proj"]["kernel"]
     assert float(jnp.abs(out).max()) <= limit and float(jnp.abs(out).max()) > 0.8 * limit
-    logits = jax.jit(model.apply)({"params": params}, tokens)
-    chex.assert_shape(logits, (2, 10, 56))
+    chex.assert_shape(logits, (2, 9, 56))
     assert logits.dtype == jnp.float32
 
 
@@ -47,11 +48,9 @@ def test_unknown_field_lists_valid_ones():
         build_model(dict(name="mamba", d_sate=4))
 
 
-@pytest.mark.parametrize("scan_mode", ["sequential", "chunked"])
-def test_prefill_and_steps_equal_full_forward(scan_mode):
-    model = build_model(dict(TINY, scan_mode=scan_mode))
-    tokens, params = _init(model, T=9)
-    full = jax.jit(model.apply)({"params": params}, tokens)
+def test_prefill_and_steps_equal_full_forward(tiny):
+    """Prefill (4 tokens, conv + ssm state from zeros) then 5 single steps == one full pass."""
+    model, tokens, params, full = tiny
     decode = jax.jit(lambda p, x, s, pos: model.apply({"params": p}, x, decode_state=s, pos=pos))
     state = model.init_decode_state(2, 9)
     chex.assert_shape(state["ssm"], (2, 2, 64, 4))
@@ -65,11 +64,10 @@ def test_prefill_and_steps_equal_full_forward(scan_mode):
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, rtol=1e-5, atol=1e-5)
 
 
-def test_chunked_scan_mode_agrees_with_gradients():
+def test_chunked_scan_mode_agrees_with_gradients(tiny):
     """Model-level check; every mode's values and gradients are covered in tests/test_scan.py."""
-    tokens = jax.random.randint(jax.random.key(0), (2, 10), 0, 50)
+    _, tokens, params, _ = tiny
     models = {m: build_model(dict(TINY, scan_mode=m)) for m in ("sequential", "chunked")}
-    params = models["sequential"].init(jax.random.key(1), tokens)["params"]
 
     def loss(p, model):
         logits = model.apply({"params": p}, tokens)
@@ -104,3 +102,11 @@ def test_flops_per_token_counts_params_and_scan():
     assert 125e6 < n < 135e6  # "130m"
     flops = build_model(dict(name="mamba", size="mamba-130m")).flops_per_token(1024)
     assert 6 * n < flops < 6.5 * n
+
+
+def test_configs_build():
+    from jaxmodels.config import load_config
+
+    for spec, layers in (("configs/mamba_130m.py", 24), ("configs/mamba_130m.py:smoke", 2)):
+        cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "..", spec))
+        assert build_model(cfg.model).cfg.n_layer == layers

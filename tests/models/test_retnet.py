@@ -85,7 +85,7 @@ def test_head_norm_normalises_each_head():
 def models_and_params():
     tokens = jax.random.randint(jax.random.key(0), (2, 11), 0, 50)
     models = {m: build_model(dict(TINY, retention_mode=m)) for m in MODES}
-    params = models["parallel"].init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(models["parallel"].init)(jax.random.key(1), tokens)["params"]
     return tokens, models, params
 
 
@@ -119,3 +119,13 @@ def test_sizes_match_the_paper():
         cfg = build_model(dict(name="retnet", size=size)).cfg
         n = retnet.num_params(cfg) - 2 * cfg.vocab_size * cfg.d_model  # non-embedding
         assert abs(n / 1e9 - billions) / billions < 0.15, (size, n)
+
+
+def test_configs_build():
+    import os
+
+    from jaxmodels.config import load_config
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    for spec, layers in (("configs/retnet_base.py", 6), ("configs/retnet_base.py:smoke", 2)):
+        assert build_model(load_config(os.path.join(root, spec)).model).cfg.n_layer == layers

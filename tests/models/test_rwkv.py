@@ -31,10 +31,15 @@ def _prefill_then_steps(model, params, tokens, n_prefill):
     return jnp.concatenate(outs, 1), state
 
 
-def test_rwkv4_init_and_shapes():
-    model = build_model(TINY4)
-    tokens = jax.random.randint(jax.random.key(0), (2, 8), 0, 50)
-    params = model.init(jax.random.key(1), tokens)["params"]
+@pytest.fixture(scope="module")
+def rwkv4_tiny():
+    model = build_model(dict(TINY4, scan_mode="sequential"))
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 50)
+    return model, tokens, jax.jit(model.init)(jax.random.key(1), tokens)["params"]
+
+
+def test_rwkv4_init_and_shapes(rwkv4_tiny):
+    model, tokens, params = rwkv4_tiny
     assert sum(x.size for x in jax.tree.leaves(params)) == rwkv4.num_params(model.cfg)
     att = params["blocks"]["att"]
     chex.assert_shape(att["time_decay"], (2, 32))
@@ -45,17 +50,17 @@ def test_rwkv4_init_and_shapes():
     np.testing.assert_array_equal(att["key"]["kernel"], 0.0)
     assert float(jnp.abs(params["emb"]).max()) <= 1e-4
     logits = jax.jit(model.apply)({"params": params}, tokens)
-    chex.assert_shape(logits, (2, 8, 50))
+    chex.assert_shape(logits, (2, 9, 50))
 
 
-@pytest.mark.parametrize("scan_mode", ["sequential", "chunked"])
-def test_rwkv4_prefill_and_steps_equal_full_forward(scan_mode):
-    model = build_model(dict(TINY4, scan_mode=scan_mode))
-    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 50)
-    params = _perturbed(model.init(jax.random.key(1), tokens)["params"])
+def test_rwkv4_prefill_and_steps_equal_full_forward(rwkv4_tiny):
+    model, tokens, params = rwkv4_tiny
+    params = _perturbed(params)
     full = jax.jit(model.apply)({"params": params}, tokens)
     stepped, state = _prefill_then_steps(model, params, tokens, 4)
     np.testing.assert_allclose(stepped, full, rtol=1e-5, atol=1e-5)
+    chunked = build_model(dict(TINY4, scan_mode="chunked"))  # the GPU default
+    np.testing.assert_allclose(jax.jit(chunked.apply)({"params": params}, tokens), full, rtol=1e-5, atol=1e-5)
     chex.assert_shape(state["num"], (2, 2, 32))
     chex.assert_trees_all_equal_shapes(model.init_decode_state(2, 9), model.init_decode_state(2, 999))
 
@@ -122,18 +127,14 @@ def test_wkv7_chunked_equals_recurrent_with_gradients():
         np.testing.assert_allclose(x, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_rwkv7_init_shapes_and_layer_dependence():
-    model = build_model(TINY7)
-    tokens = jax.random.randint(jax.random.key(0), (2, 8), 0, 50)
-    params = model.init(jax.random.key(1), tokens)["params"]
+def test_rwkv7_init_shapes_and_layer_dependence(rwkv7_models):
+    tokens, model, _, params = rwkv7_models
     assert sum(x.size for x in jax.tree.leaves(params)) == rwkv7.num_params(model.cfg)
     att = params["blocks"]["att"]
     chex.assert_shape(att["r_k"], (2, 4, 8))
     np.testing.assert_allclose(att["ln_x"]["scale"][:, 0], [(1 / 2) ** 0.7, 1.0], rtol=1e-6)
     assert not np.allclose(att["w0"][0], att["w0"][1])  # decay init depends on the layer
     np.testing.assert_array_equal(att["output"]["kernel"], 0.0)
-    logits = jax.jit(model.apply)({"params": params}, tokens)
-    chex.assert_shape(logits, (2, 8, 50))
     # The RWKV-LM suggestion for the LoRA ranks at C=768.
     big = rwkv7.Config()
     assert [big.lora(n) for n in ("decay", "aaa", "mv", "gate")] == [64, 64, 32, 128]
@@ -144,20 +145,35 @@ def rwkv7_models():
     tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 50)
     chunked = build_model(TINY7)
     recurrent = build_model(dict(TINY7, wkv_mode="recurrent"))
-    params = _perturbed(chunked.init(jax.random.key(1), tokens)["params"], scale=0.2)
+    params = jax.jit(chunked.init)(jax.random.key(1), tokens)["params"]
     return tokens, chunked, recurrent, params
 
 
 def test_rwkv7_chunked_model_equals_recurrent(rwkv7_models):
     tokens, chunked, recurrent, params = rwkv7_models
+    params = _perturbed(params, scale=0.2)
     a = jax.jit(chunked.apply)({"params": params}, tokens)
+    chex.assert_shape(a, (2, 9, 50))
     b = jax.jit(recurrent.apply)({"params": params}, tokens)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_rwkv7_prefill_and_steps_equal_full_forward(rwkv7_models):
     tokens, chunked, _, params = rwkv7_models
+    params = _perturbed(params, scale=0.2)
     full = jax.jit(chunked.apply)({"params": params}, tokens)
     stepped, state = _prefill_then_steps(chunked, params, tokens, 4)
     np.testing.assert_allclose(stepped, full, rtol=1e-5, atol=1e-5)
     chex.assert_shape(state["S"], (2, 2, 4, 8, 8))
+
+
+def test_configs_build():
+    from jaxmodels.config import load_config
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    for spec, layers, width in (("configs/rwkv4_169m.py", 12, 768), ("configs/rwkv7_l12_d768.py", 12, 768),
+                                ("configs/rwkv4_169m.py:smoke", 2, 32), ("configs/rwkv7_l12_d768.py:smoke", 2, 32)):
+        cfg = load_config(os.path.join(root, spec))
+        model_cfg = build_model(cfg.model).cfg
+        assert (model_cfg.n_layer, model_cfg.d_model) == (layers, width)
+    assert load_config(os.path.join(root, "configs/rwkv7_l12_d768.py")).data.seq_len == 512  # MiniPile recipe

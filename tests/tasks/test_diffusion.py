@@ -54,7 +54,7 @@ def test_tiny_dit_loss_is_finite_and_falls():
         losses.append(float(loss))
     assert np.all(np.isfinite(losses))
     assert float(aux["weight"]) == 8.0 and float(aux["mse"]) == pytest.approx(losses[-1])
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert np.all(np.diff(losses) < 0) and losses[-1] < 0.85 * losses[0], losses
     assert task.flops_per_example() > 0
 
 

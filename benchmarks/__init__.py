@@ -1,0 +1,1 @@
+"""Benchmark scripts: one job each, results under benchmarks/results/ (see BENCHMARKS.md)."""

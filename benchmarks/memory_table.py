@@ -1,0 +1,131 @@
+"""Memory of each flagship config's train step against the 12 GB budget.
+
+    python -m benchmarks.memory_table            # every row, one subprocess each
+    python -m benchmarks.memory_table --only dit # rows whose label contains "dit"
+
+Each row loads a config (+ overrides), compiles its real train step on abstract shapes
+(`jaxmodels.train.memory.estimate`, the library function behind `launch.memory`; nothing
+is allocated) and reads XLA's memory analysis. The numbers are what the backend compiled
+for plans (XLA:CPU here); a GPU compile fuses differently, so treat them as estimates.
+Writes benchmarks/results/memory_table.{md,json}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+if __package__ in (None, ""):  # `python benchmarks/memory_table.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import REPO_ROOT, machine, markdown_table, write_results
+
+# (label, config spec, overrides)
+ROWS = [
+    ("GPT-2 124M, micro-batch 8 x 1024, bf16", "configs/gpt2_124m.py", []),
+    ("DiT-S/2, 32x32x3 pixels, batch 128 (dit_small)", "configs/dit_small.py", ["model.size=dit-s/2"]),
+    ("DiT-B/2, 32x32x4 latents, batch 256, remat", "configs/dit_b2.py", []),
+    ("DiT-XL/2, 32x32x4 latents, batch 256, remat", "configs/dit_b2.py", ["model.size=dit-xl/2"]),
+    ("DDPM U-Net 64x64, batch 64", "configs/unet_ddpm64.py", []),
+    ("Mamba-130M, 8 x 2048", "configs/mamba_130m.py", []),
+    ("Mamba-370M, 8 x 2048", "configs/mamba_130m.py", ["model.size=mamba-370m"]),
+    ("RWKV-7 L12-D768, 16 x 512", "configs/rwkv7_l12_d768.py", []),
+    ("RetNet base, 8 x 2048", "configs/retnet_base.py", []),
+    ("Llama-3.2-1B LoRA (f32 base), 4 x 512", "configs/llama32_1b_lora.py", []),
+    ("Llama-3.2-1B QLoRA (NF4), 4 x 512", "configs/llama32_1b_lora.py:qlora", []),
+    ("Llama-3.2-3B QLoRA (NF4), 4 x 512", "configs/llama32_1b_lora.py:qlora", ["model.size=llama-3.2-3b"]),
+    ("Llama-2-7B QLoRA (NF4), 2 x 512", "configs/llama2_7b_qlora.py", []),
+]
+
+MiB = 1024 ** 2
+GiB = 1024 ** 3
+
+
+def measure_row(spec: str, overrides: list[str]) -> dict:
+    """Compiles one config's train step on abstract shapes; returns the memory report as a dict."""
+    from jaxmodels.config import load_config
+    from jaxmodels.train.memory import estimate
+
+    path, _, variant = spec.partition(":")
+    cfg = load_config(os.path.join(REPO_ROOT, path) + (f":{variant}" if variant else ""), overrides)
+    t0 = time.perf_counter()
+    report = estimate(cfg)
+    k = int(cfg.train.micro_batches)
+    return {
+        "backend": f"{report.backend}: {report.device_kind}",
+        "params": report.params, "optimizer": report.optimizer, "ema": report.ema,
+        "batch": report.batch, "temp": report.temp, "outputs": report.outputs,
+        "total": report.total, "budget": report.budget, "fits": report.fits,
+        "micro_batch": int(cfg.train.batch_size) // k, "micro_batches": k,
+        "dtype": str(cfg.model.get("dtype", "float32")), "remat": str(cfg.model.get("remat", "")),
+        "compile_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def run_in_subprocess(index: int, timeout: float) -> dict:
+    """Runs one row in a fresh interpreter so compile memory is returned to the OS between rows."""
+    cmd = [sys.executable, "-m", "benchmarks.memory_table", "--row", str(index)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"error": " / ".join(tail) or f"exit status {proc.returncode}"}
+
+
+def mib(n: int) -> str:
+    return f"{n / MiB:,.0f}"
+
+
+def render(results: list[dict], info: dict) -> str:
+    header = ["config", "command overrides", "params MiB", "optimizer MiB", "activations + temp MiB",
+              "other MiB (EMA, batch, outputs)", "total GiB", "budget GiB", "fits?", "compiled for"]
+    rows = []
+    for r in results:
+        cmd = f"`{r['spec']}`" + "".join(f" `--config.{o}`" for o in r["overrides"])
+        if "error" in r:
+            rows.append([r["label"], cmd] + ["—"] * 6 + [f"error: {r['error']}", ""])
+            continue
+        other = r["ema"] + r["batch"] + r["outputs"]
+        rows.append([r["label"], cmd, mib(r["params"]), mib(r["optimizer"]), mib(r["temp"]), mib(other),
+                     f"{r['total'] / GiB:.2f}", f"{r['budget'] / GiB:.0f}",
+                     "yes" if r["fits"] else "**no**", r["backend"]])
+    return (f"Measured {info['date_utc']} on {info['cpu']} ({info['cores']} cores), jax {info['jax']}.\n\n"
+            + markdown_table(header, rows))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--row", type=int, help="measure only row N in this process and print RESULT <json>")
+    parser.add_argument("--only", default="", help="measure the rows whose label contains this text")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per row")
+    args = parser.parse_args(argv)
+    if args.row is not None:
+        label, spec, overrides = ROWS[args.row]
+        print("RESULT " + json.dumps(measure_row(spec, overrides)), flush=True)
+        return 0
+    results = []
+    for i, (label, spec, overrides) in enumerate(ROWS):
+        if args.only.lower() not in label.lower():
+            continue
+        t0 = time.perf_counter()
+        r = {"label": label, "spec": spec, "overrides": overrides, **run_in_subprocess(i, args.timeout)}
+        status = r.get("error") or f"{r['total'] / GiB:.2f} GiB, fits={r['fits']}"
+        print(f"[{time.perf_counter() - t0:6.0f} s] {label}: {status}", flush=True)
+        results.append(r)
+    info = machine()
+    md = render(results, info)
+    print(md)
+    if not args.only:
+        write_results("memory_table", md, {"machine": info, "rows": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
