@@ -44,7 +44,7 @@ def get_config(arg=None):
     if arg == "cpu":
         # A 4-deep, 128-wide DiT/4 (~1M params). A short run cannot wait for EMA 0.9999 or
         # lr 1e-4 (DiT's values assume 400k steps): lr 1e-3 with warmup + cosine and an EMA
-        # with DiT/timm warm-up (decay min(0.999, (1+n)/(10+n))) converge within ~2k steps.
+        # with DiT/timm warm-up (decay min(0.999, (1+n)/(10+n))) learn these glyphs within ~1k steps.
         c.model.update(size=None, patch_size=4, hidden_size=128, depth=4, num_heads=4, learn_sigma=False)
         c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", clip_norm=1.0)
         c.train.update(steps=1000, batch_size=64, log_every=25, eval_every=500, eval_batches=4,

@@ -67,8 +67,8 @@ def test_text_task_batches_conditions_and_loss():
     assert set(batch) == set(abstract) == {"image", "label", "text_tokens", "text_mask"}
     for k, v in batch.items():
         assert v.shape == abstract[k].shape and v.dtype == abstract[k].dtype
-    params = task.init_params(jax.random.key(0))
-    loss, _ = task.loss(params, batch, jax.random.key(1))
+    params = jax.jit(task.init_params)(jax.random.key(0))
+    loss, _ = jax.jit(task.loss)(params, batch, jax.random.key(1))
     assert np.isfinite(float(loss))
     conds = task.eval_conditions(6, seed=0)
     held = set(glyphs.held_out_combos().tolist())
