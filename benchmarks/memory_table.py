@@ -23,20 +23,25 @@ if __package__ in (None, ""):  # `python benchmarks/memory_table.py`
 
 from benchmarks.common import REPO_ROOT, machine, markdown_table, write_results
 
-# (label, config spec, overrides)
+# (label, config spec, overrides[, model size]). A model size is applied as
+# `--config.model.size=S` plus every field of SIZES[S] the config's model section lists:
+# LM configs built with `model_section` list every field, so `model.size` alone changes nothing.
 ROWS = [
     ("GPT-2 124M, micro-batch 8 x 1024, bf16", "configs/gpt2_124m.py", []),
     ("DiT-S/2, 32x32x3 pixels, batch 128 (dit_small)", "configs/dit_small.py", ["model.size=dit-s/2"]),
+    ("DiT-S/2, 32x32x4 latents, batch 256, remat", "configs/dit_b2.py", ["model.size=dit-s/2"]),
     ("DiT-B/2, 32x32x4 latents, batch 256, remat", "configs/dit_b2.py", []),
+    ("DiT-B/2, same, 2 micro-batches of 128", "configs/dit_b2.py", ["train.micro_batches=2"]),
     ("DiT-XL/2, 32x32x4 latents, batch 256, remat", "configs/dit_b2.py", ["model.size=dit-xl/2"]),
     ("DDPM U-Net 64x64, batch 64", "configs/unet_ddpm64.py", []),
     ("Mamba-130M, 8 x 2048", "configs/mamba_130m.py", []),
-    ("Mamba-370M, 8 x 2048", "configs/mamba_130m.py", ["model.size=mamba-370m"]),
+    ("Mamba-370M, 8 x 2048", "configs/mamba_130m.py", [], "mamba-370m"),
+    ("Mamba-370M, 4 x 2048", "configs/mamba_130m.py", ["train.micro_batches=64"], "mamba-370m"),
     ("RWKV-7 L12-D768, 16 x 512", "configs/rwkv7_l12_d768.py", []),
     ("RetNet base, 8 x 2048", "configs/retnet_base.py", []),
     ("Llama-3.2-1B LoRA (f32 base), 4 x 512", "configs/llama32_1b_lora.py", []),
     ("Llama-3.2-1B QLoRA (NF4), 4 x 512", "configs/llama32_1b_lora.py:qlora", []),
-    ("Llama-3.2-3B QLoRA (NF4), 4 x 512", "configs/llama32_1b_lora.py:qlora", ["model.size=llama-3.2-3b"]),
+    ("Llama-3.2-3B QLoRA (NF4), 4 x 512", "configs/llama32_1b_lora.py:qlora", [], "llama-3.2-3b"),
     ("Llama-2-7B QLoRA (NF4), 2 x 512", "configs/llama2_7b_qlora.py", []),
 ]
 
@@ -44,13 +49,25 @@ MiB = 1024 ** 2
 GiB = 1024 ** 3
 
 
-def measure_row(spec: str, overrides: list[str]) -> dict:
+def size_overrides(cfg, size: str) -> list[str]:
+    """`model.size=S` plus `model.<field>=<value>` for each field of SIZES[S] the section lists."""
+    from jaxmodels.models import family
+
+    fields = family(cfg.model.name).SIZES[size]
+    return [f"model.size={size}"] + [f"model.{k}={v}" for k, v in fields.items() if k in cfg.model]
+
+
+def measure_row(spec: str, overrides: list[str], size: str = "") -> dict:
     """Compiles one config's train step on abstract shapes; returns the memory report as a dict."""
     from jaxmodels.config import load_config
     from jaxmodels.train.memory import estimate
 
     path, _, variant = spec.partition(":")
-    cfg = load_config(os.path.join(REPO_ROOT, path) + (f":{variant}" if variant else ""), overrides)
+    full_spec = os.path.join(REPO_ROOT, path) + (f":{variant}" if variant else "")
+    cfg = load_config(full_spec, overrides)
+    if size:
+        overrides = list(overrides) + size_overrides(cfg, size)
+        cfg = load_config(full_spec, overrides)
     t0 = time.perf_counter()
     report = estimate(cfg)
     k = int(cfg.train.micro_batches)
@@ -61,7 +78,7 @@ def measure_row(spec: str, overrides: list[str]) -> dict:
         "total": report.total, "budget": report.budget, "fits": report.fits,
         "micro_batch": int(cfg.train.batch_size) // k, "micro_batches": k,
         "dtype": str(cfg.model.get("dtype", "float32")), "remat": str(cfg.model.get("remat", "")),
-        "compile_s": round(time.perf_counter() - t0, 1),
+        "compile_s": round(time.perf_counter() - t0, 1), "overrides": list(overrides),
     }
 
 
@@ -107,11 +124,11 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per row")
     args = parser.parse_args(argv)
     if args.row is not None:
-        label, spec, overrides = ROWS[args.row]
-        print("RESULT " + json.dumps(measure_row(spec, overrides)), flush=True)
+        label, spec, overrides, *size = ROWS[args.row]
+        print("RESULT " + json.dumps(measure_row(spec, overrides, *size)), flush=True)
         return 0
     results = []
-    for i, (label, spec, overrides) in enumerate(ROWS):
+    for i, (label, spec, overrides, *_) in enumerate(ROWS):
         if args.only.lower() not in label.lower():
             continue
         t0 = time.perf_counter()

@@ -12,6 +12,8 @@ micro-batches of 8), AdamW lr 6e-4 with betas 0.9/0.95, weight decay 0.1, clip 1
 warmup then cosine to 1e-5, bf16 compute; 4800 steps = ~2.5B tokens (Chinchilla-sized for
 130M; the released checkpoint saw 300B tokens of the Pile). The tokenizer is GPT-NeoX's
 (EleutherAI/gpt-neox-20b tokenizer.json, read locally through `tokenizer="hf"`).
+`launch.memory` (compiled for CPU, i.e. the sequential scan) estimates 10.1 GiB per step
+(8.7 GiB activations + temp, most of it the f32 logits [8, 2048, 50280] and their gradient).
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config

@@ -41,13 +41,14 @@ def get_config(arg=None):
                    checkpoint_every=1000, ema_decay=0.9999, ema_warmup=False)
 
     if arg == "cpu":
-        # As dit_small.py:cpu (4 x 128, 4x4 patches) plus a 2 x 128 byte encoder; the short
-        # run takes lr 1e-3 with warmup + cosine and a warmed-up EMA (see dit_small.py).
+        # As dit_small.py:cpu (4 x 128, 4x4 patches, v-prediction, cosine schedule, min-SNR-5,
+        # lr 1e-3, warmed-up EMA) plus a 2 x 128 byte encoder, at batch 32.
         c.model.update(size=None, hidden_size=128, depth=4, num_heads=4, encoder_width=128,
                        encoder_depth=2, encoder_heads=4, learn_sigma=False)
-        c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", weight_decay=0.0)
-        c.train.update(steps=1000, batch_size=64, log_every=25, eval_every=500, eval_batches=4,
-                       checkpoint_every=200, ema_decay=0.999, ema_warmup=True)
+        c.task.update(schedule="cosine", prediction="v", min_snr_gamma=5.0, sample_steps=25, eval_samples=64)
+        c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=50, schedule="cosine", weight_decay=0.0)
+        c.train.update(steps=600, batch_size=32, log_every=25, eval_every=0, eval_batches=4,
+                       checkpoint_every=100, ema_decay=0.999, ema_warmup=True)
     if arg == "smoke":
         c.model.update(size=None, hidden_size=32, depth=2, num_heads=2, encoder_width=32,
                        encoder_depth=1, encoder_heads=2, learn_sigma=False)

@@ -9,7 +9,8 @@ torchscale's retnet_base: d_model 512, value/FFN width 864, 2 retention heads (k
 256), GLU FFN with swish, RMSNorm, embeddings scaled by sqrt(d), untied output. Training
 follows the paper's LM setup scaled down: context 2048, AdamW betas 0.9/0.98, weight decay
 0.05, lr 6e-4 with 375 warmup steps, bf16, chunkwise retention (chunk 64). GPT-2 BPE
-tokenizer from local vocab.json + merges.txt.
+tokenizer from local vocab.json + merges.txt. `launch.memory` (compiled for CPU) estimates
+7.9 GiB per step.
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config

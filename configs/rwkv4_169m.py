@@ -9,7 +9,8 @@ Model: 12 layers, 768 wide, FFN 4x with squared ReLU, vocab 50277 (GPT-NeoX "20B
 untied head, RWKV-LM init. Recipe (v4neo defaults for the Pile models): context 1024, Adam
 betas 0.9/0.99, eps 1e-8, lr 6e-4 decaying to 1e-5, no weight decay, bf16; batch 64 x 1024
 here (8 micro-batches of 8). The WKV runs through jaxmodels.scan's running-max form
-(sequential on CPU, chunked on GPU with `scan_mode="auto"`).
+(sequential on CPU, chunked on GPU with `scan_mode="auto"`). `launch.memory` (compiled for
+CPU) estimates 6.8 GiB per step.
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config

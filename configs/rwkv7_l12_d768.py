@@ -8,7 +8,8 @@ demo-training-run.sh: n_layer 12, n_embd 768, head size 64, ctx_len 512, micro_b
 lr 6e-4 -> 6e-5, warmup 10 steps, Adam betas 0.9/0.99, eps 1e-18, weight decay 0.001, bf16,
 vocab 65536 (the RWKV "World" tokenizer), 1,498,226,207 tokens = 182,889 steps of 16 x 512.
 The data is RWKV's pre-tokenized MiniPile (minipile.bin of the binidx pair: raw uint16 tokens,
-read with source="tokens"); the World tokenizer is not bundled, so samples stay token ids.
+read with source="tokens"); the World tokenizer is not bundled, so no text samples are written.
+`launch.memory` (compiled for CPU) estimates 7.8 GiB per step.
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config

@@ -1,9 +1,10 @@
 """Samplers for discrete-time diffusion models: DDPM (ancestral), DDIM (eta) and
 DPM-Solver++(2M), plus classifier-free guidance.
 
-`sample(denoise_fn, shape, rng, sched, ...)` runs `steps` model evaluations at evenly
-spaced original timesteps t_0 = 0 < ... < t_{steps-1} = T - 1 (iDDPM / DiT respacing:
-the model always sees original timestep indices), from x ~ N(0, I) down to x0. Each step
+`sample(denoise_fn, shape, rng, sched, ...)` runs `steps` model evaluations at original
+timesteps t_0 = 0 < ... < t_{steps-1} = T - 1, evenly spaced in t (iDDPM / DiT respacing)
+or in log-SNR (DPM-Solver++), from x ~ N(0, I) down to x0; the model always sees original
+timestep indices. Each step
 goes from t_i to t_{i-1} (t_{-1} means "clean data": abar = 1). The whole loop is one
 jitted lax.scan.
 
@@ -26,6 +27,9 @@ from jaxmodels.diffusion import schedules as S
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
 
+SPACINGS = ("time", "logsnr")
+
+
 def spaced_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     """`steps` evenly spaced original timesteps from 0 to T-1 inclusive, increasing."""
     if not 1 <= steps <= num_timesteps:
@@ -33,6 +37,43 @@ def spaced_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
     if steps == 1:
         return np.array([num_timesteps - 1])
     return np.round(np.linspace(0, num_timesteps - 1, steps)).astype(np.int32)
+
+
+def logsnr_timesteps(alphas_cumprod: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` timesteps from 0 to T-1, increasing, evenly spaced in half-log-SNR lambda.
+
+    DPM-Solver's "logSNR" spacing (recommended for low-resolution pixel models): evenly
+    spaced lambda values mapped to the nearest integer timestep, then made strictly
+    increasing (near t = 0, lambda moves faster than one timestep per step).
+    """
+    T = len(alphas_cumprod)
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in [1, {T}], got {steps}")
+    if steps == 1:
+        return np.array([T - 1])
+    abar = np.asarray(alphas_cumprod, np.float64)
+    lam_T = 0.5 * np.log(abar / (1.0 - abar))  # decreasing in t
+    target = np.linspace(lam_T[0], lam_T[-1], steps)
+    ts = np.round(np.interp(target, lam_T[::-1], np.arange(T)[::-1])).astype(np.int64)
+    for k in range(1, steps):
+        ts[k] = max(ts[k], ts[k - 1] + 1)
+    assert ts[-1] == T - 1 and np.all(np.diff(ts) > 0), ts
+    return ts.astype(np.int32)
+
+
+def sampling_timesteps(sched: S.Schedule, steps: int, spacing: str) -> tuple:
+    """The increasing original timesteps a sampler visits (a static tuple)."""
+    if spacing == "time":
+        ts = spaced_timesteps(sched.num_timesteps, steps)
+    elif spacing == "logsnr":
+        try:
+            abar = np.asarray(sched.alphas_cumprod)
+        except jax.errors.TracerArrayConversionError:
+            raise ValueError("spacing='logsnr' needs a concrete schedule (call sample outside jit)") from None
+        ts = logsnr_timesteps(abar, steps)
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
+    return tuple(int(t) for t in ts)
 
 
 def _split_output(out: jax.Array, C: int, learn_sigma: bool):
@@ -61,12 +102,10 @@ def _x0_eps(pred, x, sqrt_ab, sqrt_1m_ab, prediction: str, clip_x0: bool):
     return x0, eps
 
 
-def _sample(denoise_fn, rng, sched: S.Schedule, x_init, *, shape, sampler, steps, eta, prediction,
+def _sample(denoise_fn, rng, sched: S.Schedule, x_init, *, shape, sampler, ts, eta, prediction,
             learn_sigma, clip_x0):
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     N, C = shape[0], shape[-1]
-    ts = spaced_timesteps(sched.num_timesteps, steps)
+    steps = len(ts)
     ts_j = jnp.asarray(ts, jnp.int32)
     abar = jnp.take(sched.alphas_cumprod, ts_j)
     abar_prev = jnp.concatenate([jnp.ones((1,), jnp.float32), abar[:-1]])
@@ -125,13 +164,13 @@ def _sample(denoise_fn, rng, sched: S.Schedule, x_init, *, shape, sampler, steps
 
 
 _sample_jit = jax.jit(_sample, static_argnames=(
-    "shape", "sampler", "steps", "eta", "prediction", "learn_sigma", "clip_x0"))
+    "shape", "sampler", "ts", "eta", "prediction", "learn_sigma", "clip_x0"))
 
 
 def sample(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array], shape: tuple, rng: jax.Array,
            sched: S.Schedule, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
            prediction: str = "eps", learn_sigma: bool = False, clip_x0: bool = True,
-           x_init: jax.Array | None = None) -> jax.Array:
+           x_init: jax.Array | None = None, spacing: str | None = None) -> jax.Array:
     """Draws samples x0 [shape] (NHWC f32) by integrating the reverse process.
 
     denoise_fn(x_t [N,H,W,C], t_N int32) -> [N,H,W,C] (or 2C with learn_sigma).
@@ -142,13 +181,23 @@ def sample(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array], shape: tuple
     clip_x0: clip the x0 estimate to [-1, 1] at every step (pixel-space data).
     x_init: the starting noise x_T (default: drawn from rng); with it, DDIM at eta = 0 is
       a deterministic function of x_init alone.
+    spacing: which timesteps the `steps` evaluations visit: "time" (evenly spaced t, as
+      iDDPM / DiT respacing) or "logsnr" (evenly spaced log-SNR, DPM-Solver's choice for
+      low-resolution data). Default: "logsnr" for dpmpp_2m (with "time" its second-order
+      extrapolation across the huge last log-SNR step near t = 0 makes it no better than
+      DDIM), "time" otherwise.
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    if spacing is None:
+        spacing = "logsnr" if sampler == "dpmpp_2m" else "time"
+    ts = sampling_timesteps(sched, int(steps), spacing)
     if not isinstance(denoise_fn, jax.tree_util.Partial):
         denoise_fn = jax.tree_util.Partial(denoise_fn)
     if x_init is not None and tuple(x_init.shape) != tuple(shape):
         raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(shape)}")
     return _sample_jit(denoise_fn, rng, sched, x_init, shape=tuple(int(d) for d in shape), sampler=sampler,
-                       steps=int(steps), eta=float(eta), prediction=prediction,
+                       ts=ts, eta=float(eta), prediction=prediction,
                        learn_sigma=bool(learn_sigma), clip_x0=bool(clip_x0))
 
 

@@ -260,6 +260,9 @@ class DiT(nn.Module):
         y = y_mask = None
         text = cfg.conditioning == "text"
         if cfg.conditioning == "class":
+            if "label" not in cond:
+                raise ValueError("conditioning='class' needs cond['label'] (int32 [N]); "
+                                 f"got keys {sorted(cond)}")
             labels = jnp.asarray(cond["label"], jnp.int32)
             drop = drop_mask(self, cond, N, cfg.class_dropout, train)
             labels = jnp.where(drop, cfg.num_classes, labels)

@@ -164,6 +164,8 @@ class UNet(nn.Module):
         emb = nn.Dense(4 * mc, dtype=dtype, kernel_init=TORCH_INIT, name="time_fc2")(nn.silu(emb))
         y = y_mask = None
         if cfg.conditioning == "class":
+            if "label" not in cond:
+                raise ValueError(f"conditioning='class' needs cond['label'] (int32 [N]); got keys {sorted(cond)}")
             labels = jnp.where(drop_mask(self, cond, N, cfg.class_dropout, train), cfg.num_classes,
                                jnp.asarray(cond["label"], jnp.int32))
             emb = emb + nn.Embed(cfg.num_classes + 1, 4 * mc, name="label_emb")(labels).astype(dtype)

@@ -13,10 +13,9 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

@@ -7,7 +7,7 @@ program, different fusion), which the report names.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import ml_collections

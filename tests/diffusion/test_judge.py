@@ -12,8 +12,13 @@ TINY = J.JudgeRecipe(width=16, features=64, train_size=1024, test_size=256, step
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return J.load_judge(TINY, directory=str(tmp_path_factory.mktemp("judge")), log=None)
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("judge"))
+
+
+@pytest.fixture(scope="module")
+def tiny(cache):
+    return J.load_judge(TINY, directory=cache, log=None)  # a cache miss: trains
 
 
 def test_tiny_judge_beats_chance_by_far(tiny):
@@ -30,11 +35,10 @@ def test_tiny_judge_beats_chance_by_far(tiny):
     assert J.judge_accuracy(as_u8, attrs[:, 0], tiny) == pytest.approx(acc["shape"], abs=1 / 64)
 
 
-def test_cache_roundtrip_skips_training(tiny, tmp_path, monkeypatch):
-    directory = str(tmp_path)
-    first = J.load_judge(TINY, directory=directory, log=None)  # trains (cache miss)
+def test_cache_roundtrip_skips_training(tiny, cache, monkeypatch):
+    first = tiny
     monkeypatch.setattr(J, "train_judge", lambda *a, **k: pytest.fail("cached judge retrained"))
-    second = J.load_judge(TINY, directory=directory, log=None)
+    second = J.load_judge(TINY, directory=cache, log=None)
     images, _ = J.generate(16, seed=9)
     np.testing.assert_allclose(second.features(images), first.features(images), rtol=1e-6, atol=1e-6)
     assert second.metrics["shape"] == first.metrics["shape"]

@@ -78,11 +78,18 @@ def test_ddim_eta0_is_deterministic(sched, x0_star):
     np.testing.assert_array_equal(e, samplers.sample(fn, SHAPE, jax.random.key(5), sched, steps=8))
 
 
-def test_spaced_timesteps():
+def test_spaced_timesteps(sched):
     np.testing.assert_array_equal(samplers.spaced_timesteps(1000, 5), [0, 250, 500, 749, 999])
     np.testing.assert_array_equal(samplers.spaced_timesteps(10, 10), np.arange(10))
     with pytest.raises(ValueError):
         samplers.spaced_timesteps(10, 11)
+    abar = np.asarray(sched.alphas_cumprod, np.float64)
+    ts = samplers.logsnr_timesteps(abar, 8)
+    assert ts[0] == 0 and ts[-1] == 999 and np.all(np.diff(ts) > 0)
+    lam = 0.5 * np.log(abar[ts] / (1 - abar[ts]))
+    np.testing.assert_allclose(np.diff(lam), np.diff(lam).mean(), rtol=0.1)  # evenly spaced log-SNR
+    np.testing.assert_array_equal(samplers.logsnr_timesteps(abar, 1000), np.arange(1000))
+    assert samplers.sampling_timesteps(sched, 3, "time") == (0, 500, 999)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +134,30 @@ def test_cfg(tiny_dit):
                               steps=5, learn_sigma=True)
         assert out.shape == SHAPE and bool(jnp.all(jnp.isfinite(out))) and float(jnp.abs(out).max()) <= 1.0 + 1e-6
     assert samplers._sample_jit._cache_size() >= 1
+
+
+def test_second_order_solver_on_gaussian_data(sched):
+    # Data x0 ~ N(m, s^2) per pixel: E[x0 | x_t] is known in closed form, and the
+    # probability-flow ODE maps x_T to x0 = m + s z with z = (x_T - a m) / sqrt(a^2 s^2 + 1 - a^2)
+    # (a = sqrt(abar_T)) preserved. DPM-Solver++(2M) (log-SNR spacing) must beat DDIM (its
+    # first-order counterpart) at the same number of steps, and converge.
+    m, s = 0.3, 0.5
+
+    def eps_hat(sc, x_t, t):
+        a = S.extract(sc.sqrt_alphas_cumprod, t, x_t)
+        sig = S.extract(sc.sqrt_one_minus_alphas_cumprod, t, x_t)
+        x0 = m + a * s ** 2 / (a ** 2 * s ** 2 + sig ** 2) * (x_t - a * m)
+        return (x_t - a * x0) / sig
+
+    fn = jax.tree_util.Partial(eps_hat, sched)
+    x_init = jax.random.normal(jax.random.key(11), SHAPE)
+    a_T = float(sched.sqrt_alphas_cumprod[-1])
+    exact = m + s * (x_init - a_T * m) / np.sqrt(a_T ** 2 * s ** 2 + 1 - a_T ** 2)
+    err = {}
+    # (measured: ddim-8 0.43, dpmpp_2m-8 0.017, dpmpp_2m-50 0.002)
+    for name, steps in (("ddim", 8), ("dpmpp_2m", 8), ("dpmpp_2m", 50)):
+        out = samplers.sample(fn, SHAPE, jax.random.key(0), sched, sampler=name, steps=steps, clip_x0=False,
+                              x_init=x_init)
+        err[name, steps] = float(jnp.abs(out - exact).max())
+    assert err["dpmpp_2m", 8] < 0.3 * err["ddim", 8], err
+    assert err["dpmpp_2m", 50] < 0.01, err

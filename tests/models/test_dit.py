@@ -72,8 +72,8 @@ def test_adaln_zero_block_is_identity_at_init():
     block = dit.DiTBlock(num_heads=2)
     x = jax.random.normal(jax.random.key(0), (N, 16, 32))
     c = jax.random.normal(jax.random.key(1), (N, 32))
-    variables = block.init(jax.random.key(2, impl="rbg"), x, c, None, None)
-    y, _ = block.apply(variables, x, c, None, None)
+    variables = jax.jit(lambda: block.init(jax.random.key(2, impl="rbg"), x, c, None, None))()
+    y, _ = jax.jit(lambda v: block.apply(v, x, c, None, None))(variables)
     np.testing.assert_array_equal(y, x)
 
 
@@ -154,9 +154,9 @@ def test_multi_head_attention_cross_mask():
     x = jax.random.normal(jax.random.key(0), (N, 5, 8))
     ctx = jax.random.normal(jax.random.key(1), (N, 3, 6))
     mask = jnp.array([[True, True, False], [True, False, False]])
-    v = mha.init(jax.random.key(2, impl="rbg"), x, ctx, mask)
-    out = mha.apply(v, x, ctx, mask)
-    # Equals attending to the visible keys only.
+    v = jax.jit(lambda: mha.init(jax.random.key(2, impl="rbg"), x, ctx, mask))()
+    out = jax.jit(mha.apply)(v, x, ctx, mask)
+    # Equals attending to the visible keys only (the unmasked path: jax.nn.dot_product_attention).
     for b, n in enumerate((2, 1)):
-        np.testing.assert_allclose(out[b:b + 1], mha.apply(v, x[b:b + 1], ctx[b:b + 1, :n]), atol=1e-5)
+        np.testing.assert_allclose(out[b:b + 1], jax.jit(mha.apply)(v, x[b:b + 1], ctx[b:b + 1, :n]), atol=1e-5)
     assert isinstance(mha, nn.Module)

@@ -1,4 +1,5 @@
 """Mamba: decoding with the recurrent state == the full forward; logits == HF transformers."""
+import dataclasses
 import math
 import os
 
@@ -89,6 +90,10 @@ def test_logits_and_greedy_match_transformers():
     model, params = from_hf(FIXTURE)
     logits = jax.jit(model.apply)({"params": params}, jnp.asarray(ref["tokens"]))
     scale = np.abs(ref["logits"]).max()
+    np.testing.assert_allclose(logits, ref["logits"], rtol=1e-4, atol=1e-4 * scale)
+    # The GPU default (chunked scan; 12 tokens in chunks of 5, the last one padded) as well.
+    chunked = mamba.Mamba(dataclasses.replace(model.cfg, scan_mode="chunked", scan_chunk=5))
+    logits = jax.jit(chunked.apply)({"params": params}, jnp.asarray(ref["tokens"]))
     np.testing.assert_allclose(logits, ref["logits"], rtol=1e-4, atol=1e-4 * scale)
     from jaxmodels.generate import greedy
 

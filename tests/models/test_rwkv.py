@@ -1,4 +1,5 @@
 """RWKV-4 and RWKV-7: decoding with the state == full forward; RWKV-4 logits == transformers."""
+import dataclasses
 import os
 
 import chex
@@ -73,6 +74,10 @@ def test_rwkv4_logits_and_greedy_match_transformers():
     model, params = from_hf(FIXTURE)
     logits = jax.jit(model.apply)({"params": params}, jnp.asarray(ref["tokens"]))
     scale = np.abs(ref["logits"]).max()
+    np.testing.assert_allclose(logits, ref["logits"], rtol=1e-4, atol=1e-4 * scale)
+    # The GPU default (chunked scan; 12 tokens in chunks of 5, the last one padded) as well.
+    chunked = rwkv4.RWKV4(dataclasses.replace(model.cfg, scan_mode="chunked", scan_chunk=5))
+    logits = jax.jit(chunked.apply)({"params": params}, jnp.asarray(ref["tokens"]))
     np.testing.assert_allclose(logits, ref["logits"], rtol=1e-4, atol=1e-4 * scale)
     out = greedy(model, params, jnp.asarray(ref["prompt"]), ref["greedy"].shape[1] - ref["prompt"].shape[1])
     np.testing.assert_array_equal(np.asarray(out), ref["greedy"])

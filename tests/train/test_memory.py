@@ -4,7 +4,6 @@ import pytest
 
 from jaxmodels.tasks import build_task
 from jaxmodels.train.build import make_setup
-from jaxmodels.train.checkpoint import checkpoint_dir
 from jaxmodels.train.loop import train
 from jaxmodels.train.memory import MemoryBudgetError, estimate
 from tests.train.util import toy_cfg

@@ -1,0 +1,135 @@
+"""GPT training on this CPU, side by side with nanoGPT (PyTorch), same model, data and optimizer.
+
+nanoGPT is not part of this repository: fetch it somewhere outside the tree, prepare its
+shakespeare_char data from the same tinyshakespeare.txt, and give a Python with torch:
+
+    python benchmarks/nanogpt_side_by_side.py --nanogpt /tmp/nanogpt --torch-python /tmp/torchvenv/bin/python \
+        --data ../shared/data/tinyshakespeare.txt [--repeats 2] [--skip-full]
+
+Two comparisons, the runs alternating (nanoGPT, ours, nanoGPT, ours) so that background
+load hits both alike; medians and ratios are reported:
+  (a) nanoGPT's CPU "baby" settings: 4 layers, 4 heads, 128 wide, block 64, batch 12, 200
+      iterations, dropout 0, lr 1e-3, warmup 100, cosine to 1e-4 (our configs/
+      gpt_shakespeare_char.py:baby). Reports ms/iteration (median over iterations, compile
+      and eval excluded on both sides) and the val loss at iteration 200.
+  (b) the full shakespeare_char model (6/6/384, block 256, batch 64): s/iteration over a
+      few iterations (ours through jaxmodels.train.bench with the real data pipeline).
+Both run f32 on 2 threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THREADS_ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+
+BABY_NANOGPT = ["--device=cpu", "--compile=False", "--dtype=float32", "--eval_iters=20",
+                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
+                "--n_head=4", "--n_embd=128", "--max_iters=200", "--lr_decay_iters=200",
+                "--dropout=0.0", "--eval_interval=200", "--always_save_checkpoint=False"]
+
+
+def run(cmd, cwd, env_extra=None) -> str:
+    env = dict(os.environ, **THREADS_ENV, **(env_extra or {}))
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout + out.stderr
+
+
+def nanogpt_run(args, extra) -> dict:
+    text = run([args.torch_python, "train.py", "config/train_shakespeare_char.py", *extra],
+               cwd=args.nanogpt)
+    iters = [(int(i), float(ms)) for i, ms in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", text)]
+    vals = {int(s): float(v) for s, v in re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", text)}
+    # Iteration 0 carries start-up (and the first eval); drop it and any eval iterations.
+    ms = [t for i, t in iters if i > 0 and i not in vals]
+    return {"ms_per_iter": statistics.median(ms), "val_loss": vals.get(max(vals)) if vals else None,
+            "val_step": max(vals) if vals else None}
+
+
+def ours_baby(args) -> dict:
+    with tempfile.TemporaryDirectory() as workdir:
+        run([sys.executable, "-m", "launch.train", "--config", "configs/gpt_shakespeare_char.py:baby",
+             "--workdir", workdir, f"--config.data.path={os.path.abspath(args.data)}",
+             "--config.train.log_every=10", "--config.train.progress=false"], cwd=ROOT)
+        rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    rates = [r["steps_per_s"] for r in rows if r.get("steps_per_s")]
+    vals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+    return {"ms_per_iter": 1000.0 / statistics.median(rates), "val_loss": vals.get(max(vals)),
+            "val_step": max(vals)}
+
+
+def ours_full(args, steps: int) -> dict:
+    code = (
+        "import json, sys; from jaxmodels.config import load_config; "
+        "from jaxmodels.train.bench import benchmark; "
+        f"cfg = load_config('configs/gpt_shakespeare_char.py', ['data.path={os.path.abspath(args.data)}']); "
+        f"r = benchmark(cfg, steps={steps}, warmup=2, real_data=True); print('RESULT', json.dumps(r))")
+    text = run([sys.executable, "-c", code], cwd=ROOT)
+    result = json.loads(text.split("RESULT", 1)[1].strip().splitlines()[0])
+    return {"s_per_iter": result["median_step_s"], "model_flops_per_s": result["model_flops_per_s"],
+            "peak_flops_per_s": result["peak_flops_per_s"]}
+
+
+def nanogpt_full(args, steps: int) -> dict:
+    extra = ["--device=cpu", "--compile=False", "--dtype=float32", "--eval_iters=1",
+             "--log_interval=1", f"--max_iters={steps + 1}", "--eval_interval=100000",
+             "--always_save_checkpoint=False"]
+    r = nanogpt_run(args, extra)
+    return {"s_per_iter": r["ms_per_iter"] / 1000.0}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nanogpt", required=True, help="nanoGPT checkout with data/shakespeare_char prepared")
+    p.add_argument("--torch-python", required=True, help="a python with torch (CPU) installed")
+    p.add_argument("--data", required=True, help="tinyshakespeare.txt (the file nanoGPT prepared from)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--full-steps", type=int, default=5)
+    p.add_argument("--skip-full", action="store_true")
+    p.add_argument("--skip-baby", action="store_true")
+    args = p.parse_args()
+    report = {"baby": {"nanogpt": [], "ours": []}, "full": {"nanogpt": [], "ours": []}}
+    for rep in range(args.repeats):
+        if not args.skip_baby:
+            report["baby"]["nanogpt"].append(nanogpt_run(args, BABY_NANOGPT))
+            report["baby"]["ours"].append(ours_baby(args))
+            print(f"[baby {rep}] nanoGPT {report['baby']['nanogpt'][-1]}  ours {report['baby']['ours'][-1]}", flush=True)
+        if not args.skip_full:
+            report["full"]["nanogpt"].append(nanogpt_full(args, args.full_steps))
+            report["full"]["ours"].append(ours_full(args, args.full_steps))
+            print(f"[full {rep}] nanoGPT {report['full']['nanogpt'][-1]}  ours {report['full']['ours'][-1]}", flush=True)
+
+    def med(rows, key):
+        return statistics.median(r[key] for r in rows)
+
+    print("\n| comparison | nanoGPT | jaxmodels | ratio (ours / nanoGPT) |\n|---|---|---|---|")
+    if report["baby"]["ours"]:
+        n, o = report["baby"]["nanogpt"], report["baby"]["ours"]
+        print(f"| (a) baby, ms/iter (median) | {med(n, 'ms_per_iter'):.1f} | {med(o, 'ms_per_iter'):.1f} | "
+              f"{med(o, 'ms_per_iter') / med(n, 'ms_per_iter'):.2f} |")
+        print(f"| (a) baby, val loss at iter 200 | {med(n, 'val_loss'):.3f} | {med(o, 'val_loss'):.3f} | "
+              f"{med(o, 'val_loss') - med(n, 'val_loss'):+.3f} (difference) |")
+    if report["full"]["ours"]:
+        n, o = report["full"]["nanogpt"], report["full"]["ours"]
+        print(f"| (b) shakespeare_char 6/6/384, s/iter (median) | {med(n, 's_per_iter'):.2f} | "
+              f"{med(o, 's_per_iter'):.2f} | {med(o, 's_per_iter') / med(n, 's_per_iter'):.2f} |")
+        print(f"| (b) our model FLOP/s vs measured f32 matmul peak | | "
+              f"{med(o, 'model_flops_per_s') / 1e9:.0f} / {med(o, 'peak_flops_per_s') / 1e9:.0f} GFLOP/s | "
+              f"{med(o, 'model_flops_per_s') / med(o, 'peak_flops_per_s'):.2f} of peak |")
+    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "benchmarks", "results", "nanogpt_side_by_side.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
