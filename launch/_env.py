@@ -55,6 +55,7 @@ def configure(argv: list[str] | None = None, environ=os.environ) -> str | None:
     return environ["XLA_CLIENT_MEM_FRACTION"]
 
 
-if "jax" in sys.modules:
+_jax_was_imported = "jax" in sys.modules
+if configure() is not None and _jax_was_imported:
+    # Only matters on a GPU: the allocator read its settings when jax was imported.
     print("launch/_env.py: jax was imported before the memory cap could be set", file=sys.stderr)
-configure()

@@ -7,6 +7,8 @@ Prints the `model` section a config should use so its shapes match the weights.
 """
 from __future__ import annotations
 
+from launch import _env  # noqa: F401  (must come before jax)
+
 import argparse
 import sys
 

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+from launch import _env  # noqa: F401  (must come before jax)
+
 import argparse
 import sys
 

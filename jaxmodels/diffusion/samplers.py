@@ -55,6 +55,8 @@ def logsnr_timesteps(alphas_cumprod: np.ndarray, steps: int) -> np.ndarray:
     lam_T = 0.5 * np.log(abar / (1.0 - abar))  # decreasing in t
     target = np.linspace(lam_T[0], lam_T[-1], steps)
     ts = np.round(np.interp(target, lam_T[::-1], np.arange(T)[::-1])).astype(np.int64)
+    # Leave room for the other steps on both sides, then push collisions upwards.
+    ts = np.clip(ts, np.arange(steps), T - steps + np.arange(steps))
     for k in range(1, steps):
         ts[k] = max(ts[k], ts[k - 1] + 1)
     assert ts[-1] == T - 1 and np.all(np.diff(ts) > 0), ts

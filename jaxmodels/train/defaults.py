@@ -38,7 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
         log_every=10,
         eval_every=250,
         eval_batches=10,
+        eval_minutes=0.0,       # also evaluate when this much wall time passed since the last eval (0: off)
         checkpoint_every=250,
+        checkpoint_minutes=10.0,  # also save when this much wall time passed since the last save (0: off)
         max_to_keep=3,
         ema_decay=0.0,          # 0 disables the EMA of params
         ema_warmup=False,       # decay min(ema_decay, (1+n)/(10+n)) as in DiT/timm warm-up

@@ -163,6 +163,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     pending: list = []
     last: dict = {}
     last_saved = step if found is not None else -1
+    # Besides every checkpoint_every steps, save when checkpoint_minutes have passed, so a
+    # slow run (a big model on a CPU) never has more than that much work at risk.
+    save_seconds = 60.0 * float(tc.get("checkpoint_minutes", 0.0) or 0.0)
+    t_saved = time.perf_counter()
+    # Likewise evaluate (samples, grids) every eval_minutes of wall time when set.
+    eval_seconds = 60.0 * float(tc.get("eval_minutes", 0.0) or 0.0)
+    t_evaluated = time.perf_counter()
     t_mark, steps_since_mark = None, 0
     try:
         while step < total_steps and stop.signal is None:
@@ -177,8 +184,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 steps_since_mark += 1
             final = step == total_steps
             do_log = _is_every(step, int(tc.log_every)) or final
-            do_eval = _is_every(step, int(tc.eval_every)) or final
-            do_ckpt = _is_every(step, int(tc.checkpoint_every)) or final or stop.signal is not None
+            do_eval = (_is_every(step, int(tc.eval_every)) or final
+                       or (eval_seconds > 0 and time.perf_counter() - t_evaluated >= eval_seconds))
+            do_ckpt = (_is_every(step, int(tc.checkpoint_every)) or final or stop.signal is not None
+                       or (save_seconds > 0 and time.perf_counter() - t_saved >= save_seconds))
             if not (do_log or do_eval or do_ckpt or len(pending) >= max(1, int(tc.log_every))):
                 continue
             fetched = jax.device_get(pending)
@@ -216,9 +225,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             if do_eval:
                 writer.write(step, evaluate(task, eval_step, state, cfg, workdir, step, split))
                 t_mark, steps_since_mark = time.perf_counter(), 0
+                t_evaluated = t_mark
             if do_ckpt:
                 ckpt.save(step, state, data_iter, meta)
-                last_saved = step
+                last_saved, t_saved = step, time.perf_counter()
         if stop.signal is not None and last_saved != step:
             ckpt.save(step, state, data_iter, meta)
         if stop.signal is not None:
