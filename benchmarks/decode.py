@@ -37,11 +37,11 @@ DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096, 8192)
 
 # ~13M parameters each (embeddings excluded), width 512 where the family allows.
 MODELS = {
-    "GPT (KV cache)": dict(name="gpt", n_layer=4, n_head=8, n_embd=512, bias=True, dropout=0.0),
     "Mamba": dict(name="mamba", d_model=512, n_layer=8, d_state=16, scan_mode="sequential"),
     "RWKV-7": dict(name="rwkv7", d_model=512, n_layer=4, head_size=64, wkv_mode="recurrent"),
     "RetNet (recurrent)": dict(name="retnet", d_model=512, n_layer=4, n_head=2, d_value=864, d_ffn=864,
                                retention_mode="recurrent"),
+    "GPT (KV cache)": dict(name="gpt", n_layer=4, n_head=8, n_embd=512, bias=True, dropout=0.0),
 }
 
 
@@ -97,19 +97,21 @@ def time_greedy(model, params, n: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(label: str, spec: dict, lengths: list[int], repeats: int, max_tokens: int) -> dict:
+def measure(label: str, spec: dict, lengths: list[int], repeats: int, max_tokens: int,
+            max_timed: int) -> dict:
+    """Rows for one model; lengths above max_timed get memory only (speed left out)."""
     model, params, n_params = build(spec, max(lengths) + 1)
     rows = []
     for n in lengths:
         state = jax.eval_shape(lambda: model.init_decode_state(1, n, jnp.float32))
-        seconds = time_greedy(model, params, n, max(1, min(repeats, max_tokens // n)))
+        seconds = time_greedy(model, params, n, max(1, min(repeats, max_tokens // n))) if n <= max_timed else None
         rows.append({"length": n, "state_bytes": tree_bytes(state),
                      "step_temp_bytes": step_temp_bytes(model, params, state),
-                     "seconds": seconds, "tokens_per_s": n / seconds,
+                     "seconds": seconds, "tokens_per_s": n / seconds if seconds else None,
                      "load_avg_1m": round(os.getloadavg()[0], 2)})
+        speed = f"{rows[-1]['tokens_per_s']:8.1f} tok/s" if seconds else "not timed"
         print(f"{label:>20} N={n:>5}: state {rows[-1]['state_bytes'] / 1024:10.1f} KiB, "
-              f"step temp {rows[-1]['step_temp_bytes'] / 1024:9.1f} KiB, {rows[-1]['tokens_per_s']:8.1f} tok/s",
-              flush=True)
+              f"step temp {rows[-1]['step_temp_bytes'] / 1024:9.1f} KiB, {speed}", flush=True)
     return {"model": label, "config": spec, "params_non_embedding": n_params, "rows": rows}
 
 
@@ -128,7 +130,9 @@ def plot(results: list[dict], path: str) -> bool:
             continue
         n = [row["length"] for row in r["rows"]]
         ax_mem.plot(n, [row["state_bytes"] / 2 ** 20 for row in r["rows"]], "o-", label=r["model"])
-        ax_speed.plot(n, [row["tokens_per_s"] for row in r["rows"]], "o-", label=r["model"])
+        timed = [row for row in r["rows"] if row["tokens_per_s"]]
+        ax_speed.plot([row["length"] for row in timed], [row["tokens_per_s"] for row in timed], "o-",
+                      label=r["model"])
     for ax, ylabel in ((ax_mem, "decode state (MiB)"), (ax_speed, "tokens / s (batch 1)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -153,7 +157,8 @@ def render(results: list[dict], info: dict) -> str:
         for row in r["rows"]:
             rows.append([r["model"], f"{r['params_non_embedding'] / 1e6:.1f}M", row["length"],
                          f"{row['state_bytes'] / 1024:,.1f}", f"{row['step_temp_bytes'] / 1024:,.1f}",
-                         f"{row['tokens_per_s']:,.0f}", row["load_avg_1m"]])
+                         f"{row['tokens_per_s']:,.0f}" if row["tokens_per_s"] else "not timed",
+                         row["load_avg_1m"]])
     return (f"Measured {info['date_utc']} on {info['cpu']} ({info['cores']} cores), jax {info['jax']}, "
             f"1-min load average at the end {info['load_avg_1m']}.\n\n" + markdown_table(header, rows))
 
@@ -164,6 +169,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed greedy calls per length (median)")
     parser.add_argument("--max-tokens", type=int, default=8192,
                         help="fewer repeats at long lengths: at most max(1, this // N) timed calls")
+    parser.add_argument("--gpt-max-timed", type=int, default=4096,
+                        help="time GPT only up to this length (its decode is O(N^2) in total; "
+                             "8192 takes ~20 min on a busy 2-core CPU); memory is still reported")
     parser.add_argument("--models", default="", help="comma-separated subset of: " + ", ".join(MODELS))
     parser.add_argument("--name", default="decode", help="results file stem")
     args = parser.parse_args(argv)
@@ -172,7 +180,8 @@ def main(argv=None) -> int:
     results = []
     for label in chosen:
         try:
-            results.append(measure(label, MODELS[label], lengths, args.repeats, args.max_tokens))
+            results.append(measure(label, MODELS[label], lengths, args.repeats, args.max_tokens,
+                                   args.gpt_max_timed if MODELS[label]["name"] == "gpt" else max(lengths)))
         except (AttributeError, NotImplementedError, ImportError, TypeError) as e:
             # A family still being written (no decode contract yet) is skipped, not fatal.
             print(f"skipping {label}: {type(e).__name__}: {e}", file=sys.stderr)

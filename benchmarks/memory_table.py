@@ -1,7 +1,8 @@
 """Memory of each flagship config's train step against the 12 GB budget.
 
     python -m benchmarks.memory_table            # every row, one subprocess each
-    python -m benchmarks.memory_table --only dit # rows whose label contains "dit"
+    python -m benchmarks.memory_table --only dit # re-measure rows whose label contains "dit"
+                                                 # (merged into the saved table)
 
 Each row loads a config (+ overrides), compiles its real train step on abstract shapes
 (`jaxmodels.train.memory.estimate`, the library function behind `launch.memory`; nothing
@@ -21,7 +22,7 @@ import time
 if __package__ in (None, ""):  # `python benchmarks/memory_table.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import REPO_ROOT, machine, markdown_table, write_results
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine, markdown_table, write_results
 
 # (label, config spec, overrides[, model size]). A model size is applied as
 # `--config.model.size=S` plus every field of SIZES[S] the config's model section lists:
@@ -50,11 +51,13 @@ GiB = 1024 ** 3
 
 
 def size_overrides(cfg, size: str) -> list[str]:
-    """`model.size=S` plus `model.<field>=<value>` for each field of SIZES[S] the section lists."""
+    """`model.size=S` plus `model.<field>=<value>` for each field of SIZES[S] that the section
+    lists with a different value."""
     from jaxmodels.models import family
 
     fields = family(cfg.model.name).SIZES[size]
-    return [f"model.size={size}"] + [f"model.{k}={v}" for k, v in fields.items() if k in cfg.model]
+    return [f"model.size={size}"] + [f"model.{k}={v}" for k, v in fields.items()
+                                     if k in cfg.model and cfg.model[k] != v]
 
 
 def measure_row(spec: str, overrides: list[str], size: str = "") -> dict:
@@ -137,10 +140,17 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - t0:6.0f} s] {label}: {status}", flush=True)
         results.append(r)
     info = machine()
+    if args.only:  # merge into the saved table: replace the rows measured now
+        try:
+            with open(os.path.join(RESULTS_DIR, "memory_table.json")) as f:
+                saved = json.load(f)["rows"]
+            fresh = {r["label"]: r for r in results}
+            results = [fresh.pop(r["label"], r) for r in saved] + list(fresh.values())
+        except (OSError, ValueError, KeyError):
+            pass
     md = render(results, info)
     print(md)
-    if not args.only:
-        write_results("memory_table", md, {"machine": info, "rows": results})
+    write_results("memory_table", md, {"machine": info, "rows": results})
     return 0
 
 
