@@ -18,6 +18,7 @@ matplotlib is installed).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -115,7 +116,7 @@ def measure(label: str, spec: dict, lengths: list[int], repeats: int, max_tokens
     return {"model": label, "config": spec, "params_non_embedding": n_params, "rows": rows}
 
 
-def plot(results: list[dict], path: str) -> bool:
+def plot(results: list[dict], path: str, note: str = "") -> bool:
     """State bytes and tokens/s against length, log-log; False when matplotlib is missing."""
     try:
         import matplotlib
@@ -142,9 +143,19 @@ def plot(results: list[dict], path: str) -> bool:
     ax_mem.legend()
     ax_mem.set_title("decode state size")
     ax_speed.set_title("greedy decode speed (f32, CPU)")
+    if note:
+        fig.suptitle(note, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
+
+
+def plot_note(saved: dict) -> str:
+    """Plot subtitle: machine, date and the load averages seen while timing."""
+    info = saved["machine"]
+    loads = [row["load_avg_1m"] for r in saved["results"] for row in r.get("rows", ())]
+    load = f", 1-min load avg {min(loads):.1f}-{max(loads):.1f} while timing" if loads else ""
+    return f"{info['cpu']} ({info['cores']} cores), jax {info['jax']}, {info['date_utc']}{load}"
 
 
 def render(results: list[dict], info: dict) -> str:
@@ -174,7 +185,13 @@ def main(argv=None) -> int:
                              "8192 takes ~20 min on a busy 2-core CPU); memory is still reported")
     parser.add_argument("--models", default="", help="comma-separated subset of: " + ", ".join(MODELS))
     parser.add_argument("--name", default="decode", help="results file stem")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the saved JSON")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        with open(os.path.join(RESULTS_DIR, f"{args.name}.json")) as f:
+            saved = json.load(f)
+        plot(saved["results"], os.path.join(RESULTS_DIR, f"{args.name}.png"), plot_note(saved))
+        return 0
     lengths = [int(x) for x in args.lengths.split(",")]
     chosen = [m.strip() for m in args.models.split(",") if m.strip()] or list(MODELS)
     results = []
@@ -190,7 +207,8 @@ def main(argv=None) -> int:
     md = render(results, info)
     print(md)
     write_results(args.name, md, {"machine": info, "lengths": lengths, "results": results})
-    plot(results, os.path.join(RESULTS_DIR, f"{args.name}.png"))
+    plot(results, os.path.join(RESULTS_DIR, f"{args.name}.png"),
+         plot_note({"machine": info, "results": results}))
     return 0
 
 

@@ -35,6 +35,7 @@ ROWS = [
     ("DiT-B/2, same, 2 micro-batches of 128", "configs/dit_b2.py", ["train.micro_batches=2"]),
     ("DiT-XL/2, 32x32x4 latents, batch 256, remat", "configs/dit_b2.py", ["model.size=dit-xl/2"]),
     ("DDPM U-Net 64x64, batch 64", "configs/unet_ddpm64.py", []),
+    ("DDPM U-Net 64x64, 2 micro-batches of 32", "configs/unet_ddpm64.py", ["train.micro_batches=2"]),
     ("Mamba-130M, 8 x 2048", "configs/mamba_130m.py", []),
     ("Mamba-370M, 8 x 2048", "configs/mamba_130m.py", [], "mamba-370m"),
     ("Mamba-370M, 4 x 2048", "configs/mamba_130m.py", ["train.micro_batches=64"], "mamba-370m"),
@@ -120,12 +121,27 @@ def render(results: list[dict], info: dict) -> str:
             + markdown_table(header, rows))
 
 
+def in_table_order(results: list[dict]) -> list[dict]:
+    """Sorts result rows as in ROWS (rows no longer listed go last)."""
+    order = {row[0]: i for i, row in enumerate(ROWS)}
+    return sorted(results, key=lambda r: order.get(r["label"], len(ROWS)))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--row", type=int, help="measure only row N in this process and print RESULT <json>")
     parser.add_argument("--only", default="", help="measure the rows whose label contains this text")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per row")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the saved JSON")
     args = parser.parse_args(argv)
+    if args.render_only:
+        with open(os.path.join(RESULTS_DIR, "memory_table.json")) as f:
+            saved = json.load(f)
+        rows = in_table_order(saved["rows"])
+        md = render(rows, saved["machine"])
+        write_results("memory_table", md, {"machine": saved["machine"], "rows": rows})
+        print(md)
+        return 0
     if args.row is not None:
         label, spec, overrides, *size = ROWS[args.row]
         print("RESULT " + json.dumps(measure_row(spec, overrides, *size)), flush=True)
@@ -145,7 +161,7 @@ def main(argv=None) -> int:
             with open(os.path.join(RESULTS_DIR, "memory_table.json")) as f:
                 saved = json.load(f)["rows"]
             fresh = {r["label"]: r for r in results}
-            results = [fresh.pop(r["label"], r) for r in saved] + list(fresh.values())
+            results = in_table_order([fresh.pop(r["label"], r) for r in saved] + list(fresh.values()))
         except (OSError, ValueError, KeyError):
             pass
     md = render(results, info)
