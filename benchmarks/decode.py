@@ -1,16 +1,18 @@
 """Decode memory and speed against generated length: recurrent models vs GPT with a KV cache.
 
-    python -m benchmarks.decode                      # lengths 128 ... 8192 (minutes)
+    python -m benchmarks.decode                      # lengths 128 ... 8192 (10-30 minutes)
+    python -m benchmarks.decode --repeats 1          # one timed call per length (BENCHMARKS.md)
     python -m benchmarks.decode --lengths 128,256    # quick check
 
 Four causal LMs of about the same size (~13M parameters without embeddings, byte vocab
 256, f32, batch 1): GPT (KV cache), Mamba, RWKV-7 and RetNet (recurrent retention). Each
-generates N tokens greedily from a 1-token prompt through `jaxmodels.generate.greedy`
-(prefill + a jitted lax.scan of one-token steps). For each N:
+generates N tokens greedily from a 1-token prompt through `jaxmodels.generate`'s greedy
+decoder (prefill + a jitted lax.scan of one-token steps, compiled ahead of time). For each N:
   state bytes      size of `model.init_decode_state(1, N)` from its shapes (exact);
   step temp        the compiled one-token decode step's memory_analysis().temp_size_in_bytes;
   tokens/s         N / wall time of the whole greedy call (median of up to --repeats calls,
-                   max(1, --max-tokens // N) of them; compile excluded).
+                   max(1, --max-tokens // N) of them; compile excluded). GPT is timed
+                   only up to --gpt-max-timed (4096): its decode is O(N^2) in total.
 The recurrent states do not depend on N; GPT's cache grows linearly (its block_size is set
 to the longest length). Writes benchmarks/results/decode.{md,json} and decode.png (when
 matplotlib is installed).
