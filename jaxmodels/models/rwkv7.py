@@ -255,7 +255,10 @@ class TimeMix(nn.Module):
         dtype = cfg.compute_dtype
 
         def vec(name, kind):
-            return self.param(name, lambda _k, s: _layer_init(layer_id, cfg, kind, s[0]), (C,))
+            # Always a concrete f32 array: a weak-typed init (jnp.full of a Python float) would
+            # change type after the first optimizer step and make the train step recompile.
+            return self.param(name, lambda _k, s: jnp.asarray(_layer_init(layer_id, cfg, kind, s[0]),
+                                                              jnp.float32), (C,))
 
         def dense(features, name, init):
             return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=init, name=name)

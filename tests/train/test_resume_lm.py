@@ -1,5 +1,6 @@
-"""Exact resume on the real GPT smoke config: a run SIGKILLed (by itself, at a fixed step
-between two checkpoints) and re-run gives the same logged losses and bit-identical params."""
+"""Exact resume on the real LM smoke configs (GPT and the recurrent family): a run SIGKILLed
+(by itself, at a fixed step between two checkpoints) and re-run gives the same logged losses
+and bit-identical params; the loss falls and the run ends by generating text."""
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from jaxmodels.train.loop import train
 from jaxmodels.train.metrics import read_metrics
 from tests.train.util import ROOT, bit_identical
 
-SPEC = os.path.join(ROOT, "configs", "gpt_shakespeare_char.py")
+SMOKE_CONFIGS = ["gpt_shakespeare_char", "mamba_130m", "rwkv4_169m", "rwkv7_l12_d768", "retnet_base"]
 OVERRIDES = ["data.max_bytes=20000", "train.eval_every=0"]  # eval (and sampling) at the end only
 
 # Runs launch.train, SIGKILLing itself right after logging step 15 (checkpoints: 10, 20),
@@ -39,8 +40,9 @@ def _losses(workdir):
     return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
 
 
-@pytest.mark.skipif(not os.path.exists(SPEC), reason="configs/gpt_shakespeare_char.py not written yet")
-def test_gpt_smoke_exact_resume_after_kill_9(tmp_path):
+@pytest.mark.parametrize("name", SMOKE_CONFIGS)
+def test_smoke_exact_resume_after_kill_9(tmp_path, name):
+    SPEC = os.path.join(ROOT, "configs", f"{name}.py")
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     train(load_config(SPEC + ":smoke", OVERRIDES), straight)
     proc = subprocess.run([sys.executable, "-c", KILL_AT_15, "--config", SPEC + ":smoke", "--workdir", killed,
@@ -50,3 +52,7 @@ def test_gpt_smoke_exact_resume_after_kill_9(tmp_path):
     train(load_config(SPEC + ":smoke", OVERRIDES), killed)
     assert _losses(killed) == _losses(straight) and len(_losses(straight)) >= 4
     assert bit_identical(load_params(straight)[1], load_params(killed)[1])
+    train_losses = [loss for _, loss, _ in _losses(straight) if loss is not None]
+    assert train_losses[-1] < train_losses[0]
+    with open(os.path.join(killed, "samples.txt")) as f:
+        assert len(f.read().strip()) > 0
