@@ -35,7 +35,8 @@ def get_config(arg=None):
                                num_threads=4, prefetch=8)
     c.optim.update(lr=1e-4, min_lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999,
                    weight_decay=0.0, clip_norm=0.0)
-    c.train.update(steps=400_000, batch_size=256, micro_batches=1, log_every=100, eval_every=10_000,
+    # 2 micro-batches of 128: one batch of 256 plans 12.99 GiB (BENCHMARKS.md), two fit in 8.2.
+    c.train.update(steps=400_000, batch_size=256, micro_batches=2, log_every=100, eval_every=10_000,
                    eval_batches=8, checkpoint_every=5000, ema_decay=0.9999, ema_warmup=False)
     c.memory.budget_gb = 12.0
     return c

@@ -39,8 +39,10 @@ def get_config(arg=None):
     # DiT: AdamW lr 1e-4 constant, no weight decay, no warmup, EMA 0.9999.
     c.optim.update(lr=1e-4, min_lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999,
                    weight_decay=0.0, clip_norm=0.0)
+    # On a CPU a step takes seconds, so besides every 5000 steps a grid is also sampled every
+    # 30 minutes and a checkpoint saved every 10 (train.checkpoint_minutes).
     c.train.update(steps=100_000, batch_size=128, log_every=10, eval_every=5000, eval_batches=4,
-                   checkpoint_every=1000, ema_decay=0.9999, ema_warmup=False)
+                   eval_minutes=30.0, checkpoint_every=1000, ema_decay=0.9999, ema_warmup=False)
 
     if arg == "cpu":
         # A 4-deep, 128-wide DiT/4 (~1M params), and a recipe for 2000 steps instead of DiT's

@@ -35,7 +35,8 @@ def get_config(arg=None):
     c.data = image_data_config(image_size=64)
     c.optim.update(lr=2e-4, min_lr=2e-4, warmup_steps=5000, schedule="constant", b1=0.9, b2=0.999,
                    weight_decay=0.0, clip_norm=1.0)
-    c.train.update(steps=200_000, batch_size=64, log_every=50, eval_every=10_000, eval_batches=4,
+    # 2 micro-batches of 32: one batch of 64 plans 16.5 GiB (BENCHMARKS.md), two fit in 9.0.
+    c.train.update(steps=200_000, batch_size=64, micro_batches=2, log_every=50, eval_every=10_000, eval_batches=4,
                    checkpoint_every=2500, ema_decay=0.9999, ema_warmup=False)
     if arg == "smoke":
         c.model = dict(name="unet", size="unet-tiny", conditioning="class", num_classes=glyphs.NUM_CLASSES,
