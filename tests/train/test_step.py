@@ -51,8 +51,6 @@ def test_accumulation_equals_big_batch_toy():
 
 def test_accumulation_equals_big_batch_gpt():
     spec = os.path.join(ROOT, "configs", "gpt_shakespeare_char.py")
-    if not os.path.exists(spec):
-        pytest.skip("configs/gpt_shakespeare_char.py not written yet")
     cfg = load_config(spec + ":smoke", ["train.batch_size=4", "data.max_bytes=20000"])
     task = build_task(cfg)
     batch = next(iter(task.dataset("train", 4, 0)))
