@@ -69,11 +69,45 @@ def check_compatible(meta: dict, cfg: ml_collections.ConfigDict, signature: dict
         f"Pass a fresh --workdir to start a new run, or restore the model fields to resume.")
 
 
-class Checkpointer:
-    """Saves and restores (state, data iterator, meta) in `workdir/checkpoints`."""
+def strip_frozen(state, trainable: Optional[PyTree]):
+    """The state with frozen params (and their EMA) replaced by None: what a checkpoint holds.
 
-    def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
+    LoRA/QLoRA freeze the base model; it is rebuilt exactly from the seed or
+    config.init_from on resume, so checkpoints hold only the adapters (a 7B NF4 base would
+    otherwise add ~4 GB to every save). trainable None: everything trains, nothing stripped.
+    """
+    if trainable is None:
+        return state
+    strip = lambda tree: jax.tree.map(lambda x, keep: x if keep else None, tree, trainable)  # noqa: E731
+    return state.replace(params=strip(state.params),
+                         ema=None if state.ema is None else strip(state.ema))
+
+
+def fill_frozen(saved, base, trainable: Optional[PyTree]):
+    """Inverse of strip_frozen: frozen leaves come from `base` (a freshly built state)."""
+    if trainable is None:
+        return saved
+    keep = jax.tree.leaves(trainable)
+
+    def fill(saved_tree, base_tree):
+        base_leaves, treedef = jax.tree.flatten(base_tree)
+        saved_leaves = treedef.flatten_up_to(saved_tree)
+        return treedef.unflatten([s if k else b for s, b, k in zip(saved_leaves, base_leaves, keep)])
+    return saved.replace(params=fill(saved.params, base.params),
+                         ema=None if saved.ema is None else fill(saved.ema, base.ema))
+
+
+class Checkpointer:
+    """Saves and restores (state, data iterator, meta) in `workdir/checkpoints`.
+
+    trainable: the run's trainable mask; frozen params are left out of every save and
+    restore() fills them from `base_state()` (see strip_frozen).
+    """
+
+    def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True,
+                 trainable: Optional[PyTree] = None):
         self.workdir = workdir
+        self.trainable = trainable
         options = ocp.CheckpointManagerOptions(max_to_keep=max(2, int(max_to_keep)), create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
@@ -83,7 +117,8 @@ class Checkpointer:
 
     def save(self, step: int, state: PyTree, data_iter, meta: dict) -> None:
         """Starts an (async) save; the iterator state is captured now."""
-        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        items = dict(state=ocp.args.StandardSave(strip_frozen(state, self.trainable)),
+                     meta=ocp.args.JsonSave(meta))
         if data_iter is not None:
             import grain  # only runs that have a data pipeline need grain
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -100,8 +135,12 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore(self, abstract_state: PyTree, data_iter=None,
-                check_meta: Optional[Callable[[dict], None]] = None, set_aside: bool = True):
+                check_meta: Optional[Callable[[dict], None]] = None, set_aside: bool = True,
+                base_state: Optional[Callable[[], PyTree]] = None):
         """Newest restorable checkpoint -> (step, state, meta); None when there is none.
+
+        base_state: builds a fresh state whose frozen params fill the restored one (needed
+        when the Checkpointer has a trainable mask).
 
         Each damaged checkpoint is skipped with a warning. check_meta may raise (e.g.
         CheckpointMismatchError): that is a user error, never a reason to fall back.
@@ -118,7 +157,7 @@ class Checkpointer:
                 continue
             if check_meta is not None:
                 check_meta(meta)
-            items = dict(state=ocp.args.StandardRestore(abstract_state))
+            items = dict(state=ocp.args.StandardRestore(strip_frozen(abstract_state, self.trainable)))
             if data_iter is not None:
                 import grain
                 items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
@@ -129,7 +168,10 @@ class Checkpointer:
                 continue
             if set_aside:
                 self._set_aside([s for s in steps if s > step])
-            return step, restored["state"], meta
+            state = restored["state"]
+            if self.trainable is not None:
+                state = fill_frozen(state, base_state(), self.trainable)
+            return step, state, meta
         if steps:
             raise RuntimeError(f"no checkpoint in {checkpoint_dir(self.workdir)} could be restored "
                                f"(steps {steps}): " + " | ".join(errors))
@@ -171,25 +213,32 @@ def load_params(workdir: str, use_ema: bool = True, step: Optional[int] = None):
     use_ema: return the EMA params when the run kept them (train.ema_decay > 0).
     """
     from jaxmodels.tasks import build_task
-    from jaxmodels.train.build import make_setup
+    from jaxmodels.train.build import fresh_state, make_setup
 
-    ckpt = Checkpointer(workdir, async_save=False)
+    probe = Checkpointer(workdir, async_save=False)
     try:
-        steps = [step] if step is not None else ckpt.all_steps()
+        steps = [step] if step is not None else probe.all_steps()
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
-        meta = ckpt.restore_meta(steps[-1])
-        cfg = ml_collections.ConfigDict(meta["config"])
-        task = build_task(cfg)
-        abstract = abstract_with_sharding(make_setup(task, cfg).abstract_state)
+        meta = probe.restore_meta(steps[-1])
+    finally:
+        probe.close()
+    cfg = ml_collections.ConfigDict(meta["config"])
+    task = build_task(cfg)
+    setup = make_setup(task, cfg)
+    abstract = abstract_with_sharding(setup.abstract_state)
+    base = lambda: fresh_state(task, cfg, setup)  # noqa: E731  (frozen base of LoRA runs)
+    ckpt = Checkpointer(workdir, async_save=False, trainable=setup.trainable)
+    try:
         if step is None:
-            found = ckpt.restore(abstract, set_aside=False)
+            found = ckpt.restore(abstract, set_aside=False, base_state=base)
             if found is None:
                 raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
             _, state, meta = found
         else:
             state = ckpt.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract)))["state"]
+                state=ocp.args.StandardRestore(strip_frozen(abstract, setup.trainable))))["state"]
+            state = fill_frozen(state, base(), setup.trainable) if setup.trainable is not None else state
         cfg = ml_collections.ConfigDict(meta["config"])
     finally:
         ckpt.close()

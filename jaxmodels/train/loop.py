@@ -129,10 +129,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     data_iter = iter(task.dataset("train", batch_size, int(tc.seed)))
     signature = model_signature(setup.abstract_params)
     meta = {"config": config_to_json(cfg), "signature": signature}
-    ckpt = Checkpointer(workdir, int(tc.max_to_keep))
+    ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable)
     try:
         found = ckpt.restore(abstract_state, data_iter,
-                             check_meta=lambda m: check_compatible(m, cfg, signature, workdir))
+                             check_meta=lambda m: check_compatible(m, cfg, signature, workdir),
+                             base_state=lambda: fresh_state(task, cfg, setup, replicated))
     except BaseException:
         ckpt.close()
         raise
