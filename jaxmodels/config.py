@@ -114,6 +114,10 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[str]) ->
         value = _parse_value(text, current, key)
         with node.ignore_type():
             node[leaf] = value
+        if parts[:-1] == ["model"] and leaf == "size" and value != current:
+            # A section listing every field would otherwise ignore the new size.
+            from jaxmodels.models import resize_section
+            resize_section(node, current, value)
 
 
 def dataclass_from_dict(cls: Type[T], values: Mapping[str, Any], what: str = "") -> T:

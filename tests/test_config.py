@@ -59,3 +59,13 @@ def test_launch_train_reports_config_errors_without_traceback(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["--config", TOY, "--bogus"])
     assert e.value.code == 2
+
+
+def test_model_size_override_resizes_a_section_listing_every_field():
+    # gpt2_124m lists every GPT field; the size switch must move the size-table fields and
+    # keep the ones the config chose itself (vocab 50304, bf16).
+    cfg = load_config(os.path.join(ROOT, "configs", "gpt2_124m.py"), ["model.size=gpt2-medium"])
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (24, 16, 1024)
+    assert cfg.model.vocab_size == 50304 and cfg.model.dtype == "bfloat16"
+    with pytest.raises(ConfigError, match="valid: gpt2, gpt2-medium"):
+        load_config(os.path.join(ROOT, "configs", "gpt2_124m.py"), ["model.size=gpt5"])

@@ -67,3 +67,24 @@ def sized_config(config_cls, sizes: Mapping[str, Mapping[str, Any]], cfg: Mappin
         values.update(sizes[size])
     values.update(cfg)
     return dataclass_from_dict(config_cls, values, what=f"{what} model")
+
+
+def resize_section(section, old_size, new_size) -> None:
+    """`--config.model.size=NEW` on a section that lists every field (tasks.lm.model_section):
+    fields still at OLD's table value move to NEW's; fields the config set itself stay."""
+    import dataclasses
+
+    if "name" not in section or section["name"] not in FAMILIES:
+        return
+    fam = family(section["name"])
+    if new_size not in fam.SIZES:
+        raise ConfigError(f"unknown {section['name']} size {new_size!r}; valid: {', '.join(fam.SIZES)}")
+    defaults = {f.name: f.default for f in dataclasses.fields(fam.Config)}
+    old = {**defaults, **fam.SIZES.get(old_size, {})} if old_size else None
+    new = {**defaults, **fam.SIZES[new_size]}
+    for key in list(section.keys()):
+        if key in ("name", "size") or key not in new:
+            continue
+        if old is None or section[key] == old.get(key):
+            with section.ignore_type():
+                section[key] = new[key]
