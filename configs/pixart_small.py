@@ -1,7 +1,7 @@
 """Text-to-image PixArt-alpha-style DiT on the embedded dataset's captions (no download).
 
 Captions ("a small red triangle in the top left on a grey background") go in as UTF-8 bytes
-to a small text encoder trained jointly (models/text_encoder.py); the DiT cross-attends to
+to a small text encoder trained jointly (layers/text_encoder.py); the DiT cross-attends to
 it with adaLN-single modulation. Training never sees the held-out 10% of attribute
 combinations; evaluation prompts exactly those, so the model must compose attributes.
 

@@ -36,7 +36,7 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 
 
 # Caption tokens are UTF-8 bytes right-padded with 256, the byte text encoder's PAD
-# (jaxmodels/models/text_encoder.py: vocab = 256 bytes + PAD).
+# (jaxmodels/layers/text_encoder.py: vocab = 256 bytes + PAD).
 CAPTION_PAD = 256
 
 

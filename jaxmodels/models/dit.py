@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
-from jaxmodels.layers.attention import attention, attention_einsum
+from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
 from jaxmodels.layers.embeddings import TimestepEmbedder, sincos_2d
+from jaxmodels.layers.mha import MultiHeadAttention
 from jaxmodels.layers.mlp import GeluMLP
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import remat_block, scan_blocks
-from jaxmodels.models.text_encoder import PAD_ID, TextEncoder
 
 XAVIER = nn.initializers.xavier_uniform()
 ZEROS = nn.initializers.zeros
@@ -92,52 +92,11 @@ SIZES["pixart-xl/2"] = dict(input_size=32, patch_size=2, in_channels=4, conditio
                             text_encoder="precomputed", text_len=120, text_dim=4096, **_DIT["xl"])
 
 CONDITIONINGS = ("class", "text", "none")
-TEXT_ENCODERS = ("bytes", "precomputed")
 
 
 def modulate(x_BTD: jax.Array, shift_BD: jax.Array, scale_BD: jax.Array) -> jax.Array:
     """adaLN: x * (1 + scale) + shift, per example."""
     return x_BTD * (1.0 + scale_BD[:, None, :]) + shift_BD[:, None, :]
-
-
-class MultiHeadAttention(nn.Module):
-    """Multi-head self- or cross-attention built on jaxmodels.layers.attention.
-
-    Self-attention (context_BSE None): one fused qkv Dense, as DiT / timm. Cross-attention:
-    q from x, k/v from the context (PixArt's q_linear / kv_linear). mask_BS (True = key
-    visible) restricts the keys, e.g. to real caption tokens. out_init: the output
-    projection's init (zeros for PixArt's cross-attention and the U-Net's attention).
-    """
-    num_heads: int
-    dtype: Any = jnp.float32
-    kernel_init: Any = XAVIER
-    out_init: Any = XAVIER
-
-    @nn.compact
-    def __call__(self, x_BTD: jax.Array, context_BSE: Optional[jax.Array] = None,
-                 mask_BS: Optional[jax.Array] = None) -> jax.Array:
-        B, T, D = x_BTD.shape
-        H = self.num_heads
-        if D % H:
-            raise ConfigError(f"width {D} is not divisible by num_heads {H}")
-        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=self.kernel_init,  # noqa: E731
-                                         bias_init=ZEROS, name=name)
-        if context_BSE is None:
-            qkv = dense(3 * D, "qkv")(x_BTD).reshape(B, T, 3, H, D // H)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        else:
-            S = context_BSE.shape[1]
-            q = dense(D, "q")(x_BTD).reshape(B, T, H, D // H)
-            kv = dense(2 * D, "kv")(context_BSE.astype(self.dtype)).reshape(B, S, 2, H, D // H)
-            k, v = kv[:, :, 0], kv[:, :, 1]
-        if mask_BS is None:
-            out_BTHD = attention(q, k, v, causal=False)
-        else:
-            # A per-example key mask: attention() takes only positional masks, so use its
-            # explicit einsum path, whose mask broadcasts against logits [B, K, G, T, S].
-            out_BTHD = attention_einsum(q, k, v, mask_BS[:, None, None, None, :])
-        return nn.Dense(D, dtype=self.dtype, kernel_init=self.out_init, bias_init=ZEROS,
-                        name="proj")(out_BTHD.reshape(B, T, D))
 
 
 class DiTBlock(nn.Module):
@@ -175,64 +134,6 @@ class DiTBlock(nn.Module):
         h = GeluMLP(hidden=int(D * self.mlp_ratio), gelu="tanh", dtype=self.dtype,
                     kernel_init=XAVIER, name="mlp")(h)
         return x + gate_mlp[:, None] * h, None
-
-
-class CaptionEmbedder(nn.Module):
-    """Caption features -> [N, L, out_dim] tokens for cross-attention (PixArt, U-Net).
-
-    Reads cond["text_tokens"] through the byte TextEncoder ("bytes") or cond["text_emb"]
-    as given ("precomputed"), replaces dropped captions (drop_N) by a learned null
-    embedding [text_len, E] with every token visible, then projects with PixArt's
-    Dense -> GELU(tanh) -> Dense. Returns (y_NLD, mask_NL).
-    """
-    text_encoder: str
-    text_len: int
-    out_dim: int
-    encoder_width: int = 256
-    encoder_depth: int = 4
-    encoder_heads: int = 4
-    remat: str = "none"
-    scan_layers: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, cond: Mapping[str, jax.Array], drop_N: jax.Array):
-        if self.text_encoder == "bytes":
-            if "text_tokens" not in cond:
-                raise ValueError("text conditioning with text_encoder='bytes' needs cond['text_tokens']")
-            tokens = cond["text_tokens"]
-            mask = cond.get("text_mask", tokens != PAD_ID)
-            feats = TextEncoder(width=self.encoder_width, depth=self.encoder_depth,
-                                num_heads=self.encoder_heads, dtype=self.dtype, remat=self.remat,
-                                scan_layers=self.scan_layers, name="text_encoder")(tokens, mask)
-        elif self.text_encoder == "precomputed":
-            if "text_emb" not in cond:
-                raise ValueError("text conditioning with text_encoder='precomputed' needs cond['text_emb']")
-            feats = cond["text_emb"]
-            mask = cond.get("text_mask", jnp.ones(feats.shape[:2], bool))
-        else:
-            raise ConfigError(f"unknown text_encoder {self.text_encoder!r}; valid: {', '.join(TEXT_ENCODERS)}")
-        N, L, E = feats.shape
-        if L > self.text_len:
-            raise ValueError(f"captions have {L} tokens > text_len {self.text_len}")
-        null_LE = self.param("y_null", nn.initializers.normal(E ** -0.5), (self.text_len, E))[:L]
-        feats = jnp.where(drop_N[:, None, None], null_LE[None].astype(feats.dtype), feats)
-        mask = jnp.where(drop_N[:, None], True, jnp.asarray(mask, bool))
-        init = nn.initializers.normal(0.02)
-        h = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=init, name="fc1")(feats.astype(self.dtype))
-        h = nn.gelu(h, approximate=True)
-        y = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=init, name="fc2")(h)
-        return y, mask
-
-
-def drop_mask(module: nn.Module, cond: Mapping[str, jax.Array], N: int, rate: float,
-              train: bool) -> jax.Array:
-    """bool[N]: cond["drop"] (forced null condition) OR, when training, Bernoulli(rate)
-    drawn from the module's "dropout" rng (classifier-free guidance training)."""
-    drop = jnp.asarray(cond["drop"], bool) if "drop" in cond else jnp.zeros((N,), bool)
-    if train and rate > 0:
-        drop = drop | jax.random.bernoulli(module.make_rng("dropout"), rate, (N,))
-    return drop
 
 
 class DiT(nn.Module):

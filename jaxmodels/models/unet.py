@@ -33,7 +33,8 @@ from jaxmodels.config import ConfigError
 from jaxmodels.layers.embeddings import timestep_embedding
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import remat_block
-from jaxmodels.models.dit import CaptionEmbedder, MultiHeadAttention, TEXT_ENCODERS, drop_mask
+from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
+from jaxmodels.layers.mha import MultiHeadAttention
 
 ZEROS = nn.initializers.zeros
 # PyTorch's default conv/linear init (kaiming_uniform with a = sqrt(5)), as the reference U-Nets.

@@ -8,7 +8,7 @@ diffusion backbone (DiT, PixArt, U-Net).
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import ml_collections

@@ -88,7 +88,7 @@ class _AlwaysFlip:
 
 
 def test_captions_encode_as_the_text_encoder_expects():
-    from jaxmodels.models.text_encoder import PAD_ID, encode_bytes
+    from jaxmodels.layers.text_encoder import PAD_ID, encode_bytes
 
     text = "a small red triangle in the top left on a grey background"
     tokens, mask = D.encode_caption(text, 72)

@@ -7,7 +7,8 @@ import pytest
 
 from jaxmodels.config import ConfigError
 from jaxmodels.models import build_model, dit
-from jaxmodels.models.text_encoder import PAD_ID, TextEncoder, encode_bytes
+from jaxmodels.layers.mha import MultiHeadAttention
+from jaxmodels.layers.text_encoder import PAD_ID, TextEncoder, encode_bytes
 
 N = 2
 TINY = dict(name="dit", size="dit-s/2", hidden_size=32, depth=2, num_heads=2, num_classes=10,
@@ -149,7 +150,7 @@ def test_text_encoder():
 
 
 def test_multi_head_attention_cross_mask():
-    mha = dit.MultiHeadAttention(num_heads=2)
+    mha = MultiHeadAttention(num_heads=2)
     x = jax.random.normal(jax.random.key(0), (N, 5, 8))
     ctx = jax.random.normal(jax.random.key(1), (N, 3, 6))
     mask = jnp.array([[True, True, False], [True, False, False]])

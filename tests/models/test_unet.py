@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxmodels.models import build_model, unet
-from jaxmodels.models.text_encoder import encode_bytes
+from jaxmodels.layers.text_encoder import encode_bytes
 
 N = 2
 

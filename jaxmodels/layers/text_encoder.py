@@ -51,7 +51,7 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x_BLD: jax.Array, mask_BL: jax.Array):
-        from jaxmodels.models.dit import MultiHeadAttention  # shared attention module
+        from jaxmodels.layers.mha import MultiHeadAttention
 
         h = LayerNorm(eps=1e-6, dtype=self.dtype, name="ln1")(x_BLD)
         x_BLD = x_BLD + MultiHeadAttention(self.num_heads, dtype=self.dtype, name="attn")(
