@@ -133,3 +133,10 @@ def dataclass_from_dict(cls: Type[T], values: Mapping[str, Any], what: str = "")
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def check_choice(what: str, field: str, value: Any, valid: Iterable) -> None:
+    """Raises ConfigError "<what> model.<field>=<value>; valid: ..." unless value is in valid."""
+    valid = tuple(valid)
+    if value not in valid:
+        raise ConfigError(f"{what} model.{field}={value!r}; valid: {', '.join(map(str, valid))}")

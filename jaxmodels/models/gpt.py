@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.config import ConfigError
+from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
 from jaxmodels.layers.mlp import GELU_KINDS, GeluMLP
 from jaxmodels.layers.norms import LayerNorm
@@ -45,12 +45,9 @@ class Config:
     scan_layers: bool = True        # False unrolls the layer loop (same param layout)
 
     def __post_init__(self):
-        if self.gelu not in GELU_KINDS:
-            raise ConfigError(f"gpt model.gelu={self.gelu!r}; valid: {', '.join(GELU_KINDS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"gpt model.dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"gpt model.remat={self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
+        check_choice("gpt", "gelu", self.gelu, GELU_KINDS)
+        check_choice("gpt", "dtype", self.dtype, DTYPES)
+        check_choice("gpt", "remat", self.remat, REMAT_POLICIES)
         if self.n_embd % self.n_head:
             raise ConfigError(f"gpt model.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels import scan
-from jaxmodels.config import ConfigError
+from jaxmodels.config import check_choice
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 
@@ -61,12 +61,9 @@ class Config:
     scan_chunk: int = 64
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"mamba model.dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"mamba model.remat={self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
-        if self.scan_mode not in scan.MODES:
-            raise ConfigError(f"mamba model.scan_mode={self.scan_mode!r}; valid: {', '.join(scan.MODES)}")
+        check_choice("mamba", "dtype", self.dtype, DTYPES)
+        check_choice("mamba", "remat", self.remat, REMAT_POLICIES)
+        check_choice("mamba", "scan_mode", self.scan_mode, scan.MODES)
 
     @property
     def d_inner(self) -> int:

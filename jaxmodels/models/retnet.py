@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels import scan
-from jaxmodels.config import ConfigError
+from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers.headnorm import HeadNorm
 from jaxmodels.layers.mlp import SwiGLUMLP
 from jaxmodels.layers.norms import RMSNorm
@@ -60,15 +60,10 @@ class Config:
     remat: str = "none"
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"retnet model.dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"retnet model.remat={self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
-        if self.retention_mode not in RETENTION_MODES:
-            raise ConfigError(f"retnet model.retention_mode={self.retention_mode!r}; "
-                              f"valid: {', '.join(RETENTION_MODES)}")
-        if self.scan_mode not in scan.MODES:
-            raise ConfigError(f"retnet model.scan_mode={self.scan_mode!r}; valid: {', '.join(scan.MODES)}")
+        check_choice("retnet", "dtype", self.dtype, DTYPES)
+        check_choice("retnet", "remat", self.remat, REMAT_POLICIES)
+        check_choice("retnet", "retention_mode", self.retention_mode, RETENTION_MODES)
+        check_choice("retnet", "scan_mode", self.scan_mode, scan.MODES)
         if self.d_model % self.n_head or self.d_value % self.n_head:
             raise ConfigError(f"retnet d_model={self.d_model} and d_value={self.d_value} must be "
                               f"divisible by n_head={self.n_head}")

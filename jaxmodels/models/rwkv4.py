@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels import scan
-from jaxmodels.config import ConfigError
+from jaxmodels.config import check_choice
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 from jaxmodels.layers.token_shift import lerp, token_shift
@@ -55,12 +55,9 @@ class Config:
     scan_chunk: int = 64
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"rwkv4 model.dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"rwkv4 model.remat={self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
-        if self.scan_mode not in scan.MODES:
-            raise ConfigError(f"rwkv4 model.scan_mode={self.scan_mode!r}; valid: {', '.join(scan.MODES)}")
+        check_choice("rwkv4", "dtype", self.dtype, DTYPES)
+        check_choice("rwkv4", "remat", self.remat, REMAT_POLICIES)
+        check_choice("rwkv4", "scan_mode", self.scan_mode, scan.MODES)
 
     @property
     def att_dim(self) -> int:

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.config import ConfigError
+from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers.headnorm import HeadNorm
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
@@ -62,12 +62,9 @@ class Config:
     remat: str = "none"
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"rwkv7 model.dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.remat not in REMAT_POLICIES:
-            raise ConfigError(f"rwkv7 model.remat={self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
-        if self.wkv_mode not in WKV_MODES:
-            raise ConfigError(f"rwkv7 model.wkv_mode={self.wkv_mode!r}; valid: {', '.join(WKV_MODES)}")
+        check_choice("rwkv7", "dtype", self.dtype, DTYPES)
+        check_choice("rwkv7", "remat", self.remat, REMAT_POLICIES)
+        check_choice("rwkv7", "wkv_mode", self.wkv_mode, WKV_MODES)
         if self.d_model % self.head_size:
             raise ConfigError(f"rwkv7 d_model={self.d_model} must be a multiple of head_size={self.head_size}")
 
