@@ -13,7 +13,7 @@ read with source="tokens"); the World tokenizer is not bundled, so no text sampl
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config
-from jaxmodels.tasks.lm import lm_task_config, model_section
+from jaxmodels.tasks.lm import lm_task_config, model_section, smoke_run
 from jaxmodels.train.defaults import base_config
 
 VARIANTS = ("smoke",)
@@ -37,10 +37,6 @@ def get_config(arg=None):
     if arg == "smoke":
         c.model.update(d_model=32, head_size=8, n_layer=2, vocab_size=256, dtype="float32", remat="none",
                        chunk_size=8)
-        c.data.update(source="embedded", path="", tokenizer="byte", seq_len=32, max_bytes=300_000)
-        c.optim.update(lr=3e-3, min_lr=3e-4, warmup_steps=5, eps=1e-8)
-        c.train.update(steps=20, batch_size=8, micro_batches=1, log_every=5, eval_every=10,
-                       eval_batches=2, checkpoint_every=10, progress=False)
-        c.task.update(sample_tokens=16, sample_prompt=8)
-        c.memory.check = False
+        smoke_run(c)
+        c.optim.update(eps=1e-8)
     return c

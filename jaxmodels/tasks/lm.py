@@ -48,6 +48,19 @@ def model_section(name: str, size: str = "", **overrides: Any) -> ml_collections
     return ml_collections.ConfigDict(dict(name=name, size=size, **fields) if size else dict(name=name, **fields))
 
 
+def smoke_run(c: ml_collections.ConfigDict) -> None:
+    """Turns an LM config into its `:smoke` run, in place: ~20 steps on the embedded byte
+    corpus with checkpoints at 10 and 20 (the tests resume from them). The model section
+    is the caller's: shrink it to a tiny size with vocab_size=256."""
+    c.data.update(source="embedded", path="", tokenizer="byte", vocab_path="", seq_len=32,
+                  max_bytes=300_000)
+    c.optim.update(lr=3e-3, min_lr=3e-4, warmup_steps=5)
+    c.train.update(steps=20, batch_size=8, micro_batches=1, log_every=5, eval_every=10,
+                   eval_batches=2, checkpoint_every=10, progress=False)
+    c.task.update(sample_tokens=16, sample_prompt=8)
+    c.memory.check = False
+
+
 def token_cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array,
                         mask_BT: jax.Array) -> tuple[jax.Array, dict]:
     """Mean next-token cross-entropy over the masked targets, computed in f32.
