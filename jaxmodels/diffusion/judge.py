@@ -32,6 +32,7 @@ import optax
 from flax import serialization
 
 from jaxmodels.data import glyphs
+from jaxmodels.layers.dense import Dense
 
 HEADS = {name: len(values) for name, values in glyphs.ATTRIBUTES.items()}
 
@@ -63,8 +64,8 @@ class JudgeNet(nn.Module):
             x = nn.Conv(ch, (3, 3), strides=stride, name=f"conv{i}")(x)
             x = nn.GroupNorm(num_groups=8, name=f"norm{i}")(x)
             x = nn.gelu(x)
-        feats = nn.gelu(nn.Dense(self.features, name="penultimate")(x.reshape(x.shape[0], -1)))
-        logits = {name: nn.Dense(n, name=f"head_{name}")(feats) for name, n in HEADS.items()}
+        feats = nn.gelu(Dense(self.features, name="penultimate")(x.reshape(x.shape[0], -1)))
+        logits = {name: Dense(n, name=f"head_{name}")(feats) for name, n in HEADS.items()}
         return feats, logits
 
 

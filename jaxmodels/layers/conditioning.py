@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
+from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.text_encoder import PAD_ID, TextEncoder
 
 TEXT_ENCODERS = ("bytes", "precomputed")
@@ -56,9 +57,9 @@ class CaptionEmbedder(nn.Module):
         feats = jnp.where(drop_N[:, None, None], null_LE[None].astype(feats.dtype), feats)
         mask = jnp.where(drop_N[:, None], True, jnp.asarray(mask, bool))
         init = nn.initializers.normal(0.02)
-        h = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=init, name="fc1")(feats.astype(self.dtype))
+        h = Dense(self.out_dim, dtype=self.dtype, kernel_init=init, name="fc1")(feats.astype(self.dtype))
         h = nn.gelu(h, approximate=True)
-        y = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=init, name="fc2")(h)
+        y = Dense(self.out_dim, dtype=self.dtype, kernel_init=init, name="fc2")(h)
         return y, mask
 
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.layers.dense import Dense
+
 
 def timestep_embedding(t_N: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
     """Sinusoidal timestep features [N, dim] (DiT/ADM: [cos(t f), sin(t f)], f geometric).
@@ -44,9 +46,9 @@ class TimestepEmbedder(nn.Module):
     def __call__(self, t_N: jax.Array) -> jax.Array:
         init = nn.initializers.normal(stddev=0.02)
         freq_NF = timestep_embedding(t_N, self.frequency_embedding_size)
-        h = nn.Dense(self.hidden_size, dtype=self.dtype, kernel_init=init, name="fc1")(freq_NF)
+        h = Dense(self.hidden_size, dtype=self.dtype, kernel_init=init, name="fc1")(freq_NF)
         h = nn.silu(h)
-        return nn.Dense(self.hidden_size, dtype=self.dtype, kernel_init=init, name="fc2")(h)
+        return Dense(self.hidden_size, dtype=self.dtype, kernel_init=init, name="fc2")(h)
 
 
 def sincos_1d(positions: jax.Array | np.ndarray, dim: int) -> np.ndarray:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.layers import quant
+from jaxmodels.layers.dense import linear
 
 Initializer = Callable[..., jax.Array]
 LORA_LEAVES = ("lora_a", "lora_b")
@@ -70,7 +71,7 @@ class LoRADense(nn.Module):
             kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
             if frozen:
                 kernel = jax.lax.stop_gradient(kernel)
-            y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+            y = linear(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
             if frozen:
@@ -80,8 +81,8 @@ class LoRADense(nn.Module):
             a = self.param("lora_a", lora_a_init, (shape[0], self.lora_rank), jnp.float32)
             b = self.param("lora_b", nn.initializers.zeros, (self.lora_rank, self.features), jnp.float32)
             h = nn.Dropout(self.lora_dropout)(x, deterministic=self.deterministic)
-            h = jnp.einsum("...i,ir->...r", h.astype(self.dtype), a.astype(self.dtype))
-            h = jnp.einsum("...r,ro->...o", h, b.astype(self.dtype))
+            h = linear(h.astype(self.dtype), a.astype(self.dtype))
+            h = linear(h, b.astype(self.dtype))
             y = y + h * (self.lora_alpha / self.lora_rank)
         return y
 

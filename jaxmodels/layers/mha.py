@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
 from jaxmodels.layers.attention import attention, attention_einsum
+from jaxmodels.layers.dense import Dense
 
 XAVIER = nn.initializers.xavier_uniform()
 ZEROS = nn.initializers.zeros
@@ -34,8 +35,8 @@ class MultiHeadAttention(nn.Module):
         H = self.num_heads
         if D % H:
             raise ConfigError(f"width {D} is not divisible by num_heads {H}")
-        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=self.kernel_init,  # noqa: E731
-                                         bias_init=ZEROS, name=name)
+        dense = lambda n, name: Dense(n, dtype=self.dtype, kernel_init=self.kernel_init,  # noqa: E731
+                                      bias_init=ZEROS, name=name)
         if context_BSE is None:
             qkv = dense(3 * D, "qkv")(x_BTD).reshape(B, T, 3, H, D // H)
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -50,5 +51,5 @@ class MultiHeadAttention(nn.Module):
             # A per-example key mask: attention() takes only positional masks, so use its
             # explicit einsum path, whose mask broadcasts against logits [B, K, G, T, S].
             out_BTHD = attention_einsum(q, k, v, mask_BS[:, None, None, None, :])
-        return nn.Dense(D, dtype=self.dtype, kernel_init=self.out_init, bias_init=ZEROS,
-                        name="proj")(out_BTHD.reshape(B, T, D))
+        return Dense(D, dtype=self.dtype, kernel_init=self.out_init, bias_init=ZEROS,
+                     name="proj")(out_BTHD.reshape(B, T, D))

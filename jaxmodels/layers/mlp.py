@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmodels.layers.dense import Dense
+
 Initializer = Callable[..., jax.Array]
 DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -38,7 +40,7 @@ class GeluMLP(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Initializer = DEFAULT_INIT
     proj_init: Optional[Initializer] = None
-    dense: Callable[..., nn.Module] = nn.Dense
+    dense: Callable[..., nn.Module] = Dense
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -63,7 +65,7 @@ class SwiGLUMLP(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Initializer = DEFAULT_INIT
     down_init: Optional[Initializer] = None
-    dense: Callable[..., nn.Module] = nn.Dense
+    dense: Callable[..., nn.Module] = Dense
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array) -> jax.Array:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.layers.dense import linear
+
 # The 16 NF4 levels: quantiles of N(0, 1) normalised to [-1, 1], with an exact 0
 # (QLoRA paper, appendix; the values bitsandbytes uses).
 NF4_LEVELS = np.array([
@@ -100,7 +102,7 @@ def nf4_dequantize(q: dict, shape: tuple[int, ...], dtype=jnp.float32, xp=jnp):
 def nf4_matmul(x: jax.Array, q: dict, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
     """x[..., in] @ W[in, out] with W de-quantised on the fly (XLA reference)."""
     w_IO = nf4_dequantize(q, shape, dtype)
-    return jnp.einsum("...i,io->...o", x.astype(dtype), w_IO)
+    return linear(x.astype(dtype), w_IO)
 
 
 def nf4_bytes(shape: tuple[int, ...]) -> int:

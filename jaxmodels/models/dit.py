@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
 from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
+from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.embeddings import TimestepEmbedder, sincos_2d
 from jaxmodels.layers.mha import MultiHeadAttention
 from jaxmodels.layers.mlp import GeluMLP
@@ -118,8 +119,8 @@ class DiTBlock(nn.Module):
             table = self.param("scale_shift_table", nn.initializers.normal(D ** -0.5), (6, D))
             mod_N6D = table[None] + c.reshape(N, 6, D).astype(jnp.float32)
         else:
-            mod = nn.Dense(6 * D, dtype=self.dtype, kernel_init=ZEROS, bias_init=ZEROS,
-                           name="adaLN_modulation")(nn.silu(c))
+            mod = Dense(6 * D, dtype=self.dtype, kernel_init=ZEROS, bias_init=ZEROS,
+                        name="adaLN_modulation")(nn.silu(c))
             mod_N6D = mod.reshape(N, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = [
             mod_N6D[:, i].astype(self.dtype) for i in range(6)]
@@ -153,7 +154,7 @@ class DiT(nn.Module):
         h, w = H // p, W // p
         # Patchify: a stride-p conv is a Dense on flattened (p, p, C) patches.
         patches = x_NHWC.reshape(N, h, p, w, p, C).transpose(0, 1, 3, 2, 4, 5).reshape(N, h * w, p * p * C)
-        x = nn.Dense(D, dtype=dtype, kernel_init=XAVIER, bias_init=ZEROS, name="x_embedder")(
+        x = Dense(D, dtype=dtype, kernel_init=XAVIER, bias_init=ZEROS, name="x_embedder")(
             patches.astype(dtype))
         x = x + jnp.asarray(sincos_2d(h, w, D), dtype)[None]
         t_emb = TimestepEmbedder(D, dtype=dtype, name="t_embedder")(t_N)
@@ -183,8 +184,8 @@ class DiT(nn.Module):
             raise ConfigError(f"unknown conditioning {cfg.conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
 
         # DiT: each block modulates from c. PixArt (adaLN-single): one shared Dense(6D).
-        block_c = (nn.Dense(6 * D, dtype=dtype, kernel_init=nn.initializers.normal(0.02),
-                            name="t_block")(nn.silu(t_emb)) if text else c)
+        block_c = (Dense(6 * D, dtype=dtype, kernel_init=nn.initializers.normal(0.02),
+                         name="t_block")(nn.silu(t_emb)) if text else c)
         kwargs = dict(num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, text=text, dtype=dtype)
         if cfg.scan_layers:
             x, _ = scan_blocks(DiTBlock, cfg.depth, cfg.remat, name="blocks",
@@ -200,14 +201,14 @@ class DiT(nn.Module):
             table = self.param("final_scale_shift_table", nn.initializers.normal(D ** -0.5), (2, D))
             mod_N2D = table[None] + t_emb[:, None, :].astype(jnp.float32)
         else:
-            mod_N2D = nn.Dense(2 * D, dtype=dtype, kernel_init=ZEROS, bias_init=ZEROS,
-                               name="final_adaLN_modulation")(nn.silu(c)).reshape(N, 2, D)
+            mod_N2D = Dense(2 * D, dtype=dtype, kernel_init=ZEROS, bias_init=ZEROS,
+                            name="final_adaLN_modulation")(nn.silu(c)).reshape(N, 2, D)
         shift, scale = mod_N2D[:, 0].astype(dtype), mod_N2D[:, 1].astype(dtype)
         x = modulate(LayerNorm(eps=1e-6, use_scale=False, use_bias=False, dtype=dtype,
                                name="final_norm")(x), shift, scale)
         out_c = C * 2 if cfg.learn_sigma else C
-        x = nn.Dense(p * p * out_c, dtype=dtype, kernel_init=ZEROS, bias_init=ZEROS,
-                     name="final_linear")(x)
+        x = Dense(p * p * out_c, dtype=dtype, kernel_init=ZEROS, bias_init=ZEROS,
+                  name="final_linear")(x)
         # Unpatchify (patch-internal order (p, p, C), as DiT's "nhwpqc").
         x = x.reshape(N, h, w, p, p, out_c).transpose(0, 1, 3, 2, 4, 5).reshape(N, H, W, out_c)
         return x.astype(jnp.float32)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
+from jaxmodels.layers.dense import Dense, project_out
 from jaxmodels.layers.mlp import GELU_KINDS, GeluMLP
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
@@ -112,8 +113,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x_BTC.shape
         H, D = cfg.n_head, cfg.head_dim
         dtype = cfg.compute_dtype
-        qkv_BT3C = nn.Dense(3 * C, use_bias=cfg.bias, dtype=dtype, kernel_init=_init(0.02),
-                            name="c_attn")(x_BTC)
+        qkv_BT3C = Dense(3 * C, use_bias=cfg.bias, dtype=dtype, kernel_init=_init(0.02),
+                         name="c_attn")(x_BTC)
         q_BTHD, k_BTHD, v_BTHD = (a.reshape(B, T, H, D) for a in jnp.split(qkv_BT3C, 3, axis=-1))
         if cache is None:
             use_dropout = not self.deterministic and cfg.dropout > 0
@@ -125,8 +126,8 @@ class CausalSelfAttention(nn.Module):
             out_BTHD = attention(q_BTHD, cache["k"].astype(dtype), cache["v"].astype(dtype),
                                  causal=True, q_offset=pos, kv_len=pos + T)
         proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-        y_BTC = nn.Dense(C, use_bias=cfg.bias, dtype=dtype, kernel_init=_init(proj_std),
-                         name="c_proj")(out_BTHD.reshape(B, T, C))
+        y_BTC = Dense(C, use_bias=cfg.bias, dtype=dtype, kernel_init=_init(proj_std),
+                      name="c_proj")(out_BTHD.reshape(B, T, C))
         return nn.Dropout(cfg.dropout)(y_BTC, deterministic=self.deterministic), cache
 
 
@@ -182,8 +183,7 @@ class GPT(nn.Module):
         x_BTC = LayerNorm(use_bias=cfg.bias, dtype=cfg.compute_dtype, name="ln_f")(x_BTC)
         # Tied head; logits accumulate in f32 whatever the compute dtype.
         dtype = cfg.compute_dtype
-        logits_BTV = jnp.einsum("btc,vc->btv", x_BTC.astype(dtype), wte_VC.astype(dtype),
-                                preferred_element_type=jnp.float32)
+        logits_BTV = project_out(x_BTC, wte_VC, dtype)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
+from jaxmodels.layers.dense import project_out
 from jaxmodels.layers.lora import QUANT_KINDS, LoRADense, lora_trainable_mask
 from jaxmodels.layers.mlp import SwiGLUMLP
 from jaxmodels.layers.norms import RMSNorm
@@ -251,8 +252,7 @@ class Llama(nn.Module):
             x_BTD, decode_state = blocks(x_BTD, decode_state, start)
         x_BTD = RMSNorm(eps=cfg.norm_eps, dtype=dtype, name="norm")(x_BTD)
         if cfg.tie_embeddings:
-            logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, embed_VD.astype(dtype),
-                                    preferred_element_type=jnp.float32)
+            logits_BTV = project_out(x_BTD, embed_VD, dtype)
         else:
             # The head stays f32-stored (never NF4): it is small next to the blocks and
             # quantising it costs the most quality.

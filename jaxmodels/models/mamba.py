@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import check_choice
+from jaxmodels.layers.dense import Dense, project_out
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 
@@ -168,8 +169,8 @@ class MambaMixer(nn.Module):
         E, N, R, K = cfg.d_inner, cfg.d_state, cfg.rank, cfg.d_conv
         dtype = cfg.compute_dtype
         lin = torch_linear_init()
-        xz_BT2E = nn.Dense(2 * E, use_bias=cfg.bias, dtype=dtype, kernel_init=lin,
-                           name="in_proj")(x_BTD)
+        xz_BT2E = Dense(2 * E, use_bias=cfg.bias, dtype=dtype, kernel_init=lin,
+                        name="in_proj")(x_BTD)
         x_BTE, z_BTE = jnp.split(xz_BT2E, 2, axis=-1)
 
         # PyTorch's default for a depthwise Conv1d: fan_in = K, weight and bias U(±1/sqrt(K)).
@@ -180,13 +181,13 @@ class MambaMixer(nn.Module):
         x_BTE, new_conv = causal_depthwise_conv(x_BTE, prev_BKE, kernel_KE, bias_E)
         x_BTE = nn.silu(x_BTE)
 
-        dbc_BTX = nn.Dense(R + 2 * N, use_bias=False, dtype=dtype, kernel_init=lin,
-                           name="x_proj")(x_BTE)
+        dbc_BTX = Dense(R + 2 * N, use_bias=False, dtype=dtype, kernel_init=lin,
+                        name="x_proj")(x_BTE)
         dt_BTR, B_BTN, C_BTN = jnp.split(dbc_BTX, [R, R + N], axis=-1)
         dt_std = cfg.rank ** -0.5 * cfg.dt_scale
-        dt_BTE = nn.Dense(E, use_bias=True, dtype=dtype, name="dt_proj",
-                          kernel_init=_uniform(dt_std),
-                          bias_init=_dt_bias_init(cfg))(dt_BTR)
+        dt_BTE = Dense(E, use_bias=True, dtype=dtype, name="dt_proj",
+                       kernel_init=_uniform(dt_std),
+                       bias_init=_dt_bias_init(cfg))(dt_BTR)
         dt_BTE = jax.nn.softplus(dt_BTE.astype(jnp.float32))
         A_EN = -jnp.exp(self.param("A_log", _a_log_init, (E, N), jnp.float32))
         D_E = self.param("D", nn.initializers.ones, (E,), jnp.float32)
@@ -205,8 +206,8 @@ class MambaMixer(nn.Module):
         y_BTE = y_BTE + x_BTE.astype(jnp.float32) * D_E
         y_BTE = (y_BTE * nn.silu(z_BTE.astype(jnp.float32))).astype(dtype)
         out_init = _scaled(lin, 1 / math.sqrt(cfg.n_layer)) if cfg.rescale_prenorm_residual else lin
-        out_BTD = nn.Dense(cfg.d_model, use_bias=cfg.bias, dtype=dtype, kernel_init=out_init,
-                           name="out_proj")(y_BTE)
+        out_BTD = Dense(cfg.d_model, use_bias=cfg.bias, dtype=dtype, kernel_init=out_init,
+                        name="out_proj")(y_BTE)
         new_state = None if state is None else {"conv": new_conv.astype(state["conv"].dtype), "ssm": h_last}
         return out_BTD, new_state
 
@@ -250,8 +251,7 @@ class Mamba(nn.Module):
             head_VD = emb_VD
         else:
             head_VD = self.param("lm_head", torch_linear_init(), (V, D), jnp.float32)
-        logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(dtype), head_VD.astype(dtype),
-                                preferred_element_type=jnp.float32)
+        logits_BTV = project_out(x_BTD, head_VD, dtype)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import ConfigError, check_choice
+from jaxmodels.layers.dense import Dense, project_out
 from jaxmodels.layers.headnorm import HeadNorm
 from jaxmodels.layers.mlp import SwiGLUMLP
 from jaxmodels.layers.norms import RMSNorm
@@ -185,7 +186,7 @@ class MultiScaleRetention(nn.Module):
 
         def dense(features, name, gain):
             init = nn.initializers.variance_scaling(gain ** 2, "fan_avg", "uniform")
-            return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=init, name=name)
+            return Dense(features, use_bias=False, dtype=dtype, kernel_init=init, name=name)
 
         q = dense(D, "q_proj", 2 ** -2.5)(x_BTD).reshape(B, T, H, Dk)
         k = dense(D, "k_proj", 2 ** -2.5)(x_BTD).reshape(B, T, H, Dk) * (Dk ** -0.5)
@@ -258,8 +259,7 @@ class RetNet(nn.Module):
             decode_state = {"S": S}
         x_BTD = RMSNorm(eps=cfg.norm_eps, dtype=dtype, name="norm")(x_BTD)
         head_VD = self.param("head", nn.initializers.normal(D ** -0.5), (V, D), jnp.float32)
-        logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(dtype), head_VD.astype(dtype),
-                                preferred_element_type=jnp.float32)
+        logits_BTV = project_out(x_BTD, head_VD, dtype)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import check_choice
+from jaxmodels.layers.dense import Dense, project_out
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 from jaxmodels.layers.token_shift import lerp, token_shift
@@ -144,7 +145,7 @@ class TimeMix(nn.Module):
         shifted_BTD, last_BD = token_shift(x_BTD, None if state is None else state["att_x"])
 
         def dense(features, name, init):
-            return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=init, name=name)
+            return Dense(features, use_bias=False, dtype=dtype, kernel_init=init, name=name)
 
         zeros = nn.initializers.zeros
         k_BTA = dense(A, "key", zeros)(lerp(x_BTD, shifted_BTD, mix_k))
@@ -171,13 +172,13 @@ class ChannelMix(nn.Module):
         mix_k, mix_r = (self.param(f"time_mix_{n}", lambda _k, s: _time_weight(s[0], layer_id, L, "mix_k"),
                                    (D,)) for n in "kr")
         shifted_BTD, last_BD = token_shift(x_BTD, None if state is None else state["ffn_x"])
-        k_BTF = nn.Dense(F, use_bias=False, dtype=dtype, kernel_init=orthogonal(_gain(D, F)),
-                         name="key")(lerp(x_BTD, shifted_BTD, mix_k))
+        k_BTF = Dense(F, use_bias=False, dtype=dtype, kernel_init=orthogonal(_gain(D, F)),
+                      name="key")(lerp(x_BTD, shifted_BTD, mix_k))
         k_BTF = jnp.square(jax.nn.relu(k_BTF))
-        kv_BTD = nn.Dense(D, use_bias=False, dtype=dtype, kernel_init=nn.initializers.zeros,
-                          name="value")(k_BTF)
-        r_BTD = jax.nn.sigmoid(nn.Dense(D, use_bias=False, dtype=dtype, kernel_init=nn.initializers.zeros,
-                                        name="receptance")(lerp(x_BTD, shifted_BTD, mix_r)))
+        kv_BTD = Dense(D, use_bias=False, dtype=dtype, kernel_init=nn.initializers.zeros,
+                       name="value")(k_BTF)
+        r_BTD = jax.nn.sigmoid(Dense(D, use_bias=False, dtype=dtype, kernel_init=nn.initializers.zeros,
+                                     name="receptance")(lerp(x_BTD, shifted_BTD, mix_r)))
         new_state = None if state is None else {"ffn_x": last_BD.astype(state["ffn_x"].dtype)}
         return r_BTD * kv_BTD, new_state
 
@@ -226,8 +227,7 @@ class RWKV4(nn.Module):
             x_BTD, decode_state = blocks(x_BTD, layer_ids, decode_state)
         x_BTD = LayerNorm(eps=cfg.norm_eps, dtype=dtype, name="ln_out")(x_BTD)
         head_VD = self.param("head", orthogonal(0.5 * _gain(D, V)), (V, D), jnp.float32)
-        logits_BTV = jnp.einsum("btd,vd->btv", x_BTD.astype(dtype), head_VD.astype(dtype),
-                                preferred_element_type=jnp.float32)
+        logits_BTV = project_out(x_BTD, head_VD, dtype)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
+from jaxmodels.layers.dense import Dense, linear, project_out
 from jaxmodels.layers.headnorm import HeadNorm
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
@@ -258,14 +259,14 @@ class TimeMix(nn.Module):
                                                               jnp.float32), (C,))
 
         def dense(features, name, init):
-            return nn.Dense(features, use_bias=False, dtype=dtype, kernel_init=init, name=name)
+            return Dense(features, use_bias=False, dtype=dtype, kernel_init=init, name=name)
 
         def lora(x, name, rank, inner=lambda h: h):
             down = self.param(f"{name}1", nn.initializers.zeros, (C, rank), jnp.float32)
             gain = math.sqrt(rank / C) if rank > C else 1.0
             up = self.param(f"{name}2", _orthogonal(0.1 * gain), (rank, C), jnp.float32)
-            h = inner(jnp.einsum("btc,cr->btr", x, down.astype(dtype)))
-            return jnp.einsum("btr,rc->btc", h, up.astype(dtype))
+            h = inner(linear(x, down.astype(dtype)))
+            return linear(h, up.astype(dtype))
 
         shifted, last_BC = token_shift(x_BTC, None if state is None else state["att_x"])
         xx = shifted - x_BTC
@@ -319,9 +320,9 @@ class ChannelMix(nn.Module):
         mix = self.param("x_k", lambda _k, s: _layer_init(layer_id, cfg, "ffn_x_k", s[0]), (C,))
         shifted, last_BC = token_shift(x_BTC, None if state is None else state["ffn_x"])
         xk = x_BTC + (shifted - x_BTC) * mix.astype(dtype)
-        h = nn.Dense(cfg.ffn_dim, use_bias=False, dtype=dtype, kernel_init=_orthogonal(1.0), name="key")(xk)
+        h = Dense(cfg.ffn_dim, use_bias=False, dtype=dtype, kernel_init=_orthogonal(1.0), name="key")(xk)
         h = jnp.square(jax.nn.relu(h))
-        out = nn.Dense(C, use_bias=False, dtype=dtype, kernel_init=nn.initializers.zeros, name="value")(h)
+        out = Dense(C, use_bias=False, dtype=dtype, kernel_init=nn.initializers.zeros, name="value")(h)
         return out, (None if state is None else {"ffn_x": last_BC.astype(state["ffn_x"].dtype)})
 
 
@@ -367,8 +368,7 @@ class RWKV7(nn.Module):
         x_BTC = LayerNorm(eps=cfg.norm_eps, dtype=dtype, name="ln_out")(x_BTC)
         gain = 0.5 * math.sqrt(V / C) if V > C else 0.5
         head_VC = self.param("head", _orthogonal(gain), (V, C), jnp.float32)
-        logits = jnp.einsum("btc,vc->btv", x_BTC.astype(dtype), head_VC.astype(dtype),
-                            preferred_element_type=jnp.float32)
+        logits = project_out(x_BTC, head_VC, dtype)
         if decode_state is None:
             return logits
         return logits, decode_state

@@ -30,11 +30,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
+from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
+from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.embeddings import timestep_embedding
+from jaxmodels.layers.mha import MultiHeadAttention
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import remat_block
-from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
-from jaxmodels.layers.mha import MultiHeadAttention
 
 ZEROS = nn.initializers.zeros
 # PyTorch's default conv/linear init (kaiming_uniform with a = sqrt(5)), as the reference U-Nets.
@@ -114,8 +115,8 @@ class ResBlock(nn.Module):
     def __call__(self, x_NHWC: jax.Array, emb_NE: jax.Array) -> jax.Array:
         C = self.out_channels
         h = conv(C, self.dtype, "in_conv")(nn.silu(group_norm(x_NHWC.shape[-1], self.dtype, "in_norm")(x_NHWC)))
-        emb = nn.Dense(2 * C if self.use_scale_shift_norm else C, dtype=self.dtype,
-                       kernel_init=TORCH_INIT, name="emb")(nn.silu(emb_NE))[:, None, None, :]
+        emb = Dense(2 * C if self.use_scale_shift_norm else C, dtype=self.dtype,
+                    kernel_init=TORCH_INIT, name="emb")(nn.silu(emb_NE))[:, None, None, :]
         if self.use_scale_shift_norm:
             scale, shift = emb[..., :C], emb[..., C:]
             h = group_norm(C, self.dtype, "out_norm")(h) * (1.0 + scale) + shift
@@ -161,8 +162,8 @@ class UNet(nn.Module):
             raise ValueError(f"image {H}x{W} must be divisible by 2^{len(cfg.channel_mult) - 1}")
         mc = cfg.model_channels
         emb = timestep_embedding(t_N, mc)
-        emb = nn.Dense(4 * mc, dtype=dtype, kernel_init=TORCH_INIT, name="time_fc1")(emb)
-        emb = nn.Dense(4 * mc, dtype=dtype, kernel_init=TORCH_INIT, name="time_fc2")(nn.silu(emb))
+        emb = Dense(4 * mc, dtype=dtype, kernel_init=TORCH_INIT, name="time_fc1")(emb)
+        emb = Dense(4 * mc, dtype=dtype, kernel_init=TORCH_INIT, name="time_fc2")(nn.silu(emb))
         y = y_mask = None
         if cfg.conditioning == "class":
             if "label" not in cond:
