@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxmodels.layers import quant
 from jaxmodels.layers.dense import linear
+from jaxmodels.layers.dropout import Dropout
 
 Initializer = Callable[..., jax.Array]
 LORA_LEAVES = ("lora_a", "lora_b")
@@ -80,7 +81,7 @@ class LoRADense(nn.Module):
         if self.lora_rank > 0:
             a = self.param("lora_a", lora_a_init, (shape[0], self.lora_rank), jnp.float32)
             b = self.param("lora_b", nn.initializers.zeros, (self.lora_rank, self.features), jnp.float32)
-            h = nn.Dropout(self.lora_dropout)(x, deterministic=self.deterministic)
+            h = Dropout(self.lora_dropout)(x, deterministic=self.deterministic)
             h = linear(h.astype(self.dtype), a.astype(self.dtype))
             h = linear(h, b.astype(self.dtype))
             y = y + h * (self.lora_alpha / self.lora_rank)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.layers.dense import Dense
+from jaxmodels.layers.dropout import Dropout
 
 Initializer = Callable[..., jax.Array]
 DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
@@ -51,7 +52,7 @@ class GeluMLP(nn.Module):
         h_BTF = gelu(h_BTF, self.gelu)
         y_BTD = self.dense(d, use_bias=self.use_bias, dtype=self.dtype,
                            kernel_init=self.proj_init or self.kernel_init, name="proj")(h_BTF)
-        return nn.Dropout(self.dropout)(y_BTD, deterministic=deterministic)
+        return Dropout(self.dropout)(y_BTD, deterministic=deterministic)
 
 
 class SwiGLUMLP(nn.Module):

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
 from jaxmodels.layers.dense import Dense, project_out
+from jaxmodels.layers.dropout import Dropout
 from jaxmodels.layers.mlp import GELU_KINDS, GeluMLP
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
@@ -128,7 +129,7 @@ class CausalSelfAttention(nn.Module):
         proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)
         y_BTC = Dense(C, use_bias=cfg.bias, dtype=dtype, kernel_init=_init(proj_std),
                       name="c_proj")(out_BTHD.reshape(B, T, C))
-        return nn.Dropout(cfg.dropout)(y_BTC, deterministic=self.deterministic), cache
+        return Dropout(cfg.dropout)(y_BTC, deterministic=self.deterministic), cache
 
 
 class Block(nn.Module):
@@ -167,7 +168,7 @@ class GPT(nn.Module):
         start = jnp.zeros((), jnp.int32) if pos is None else jnp.asarray(pos, jnp.int32)
         pos_T = start + jnp.arange(T, dtype=jnp.int32)
         x_BTC = jnp.take(wte_VC, tokens_BT, axis=0) + jnp.take(wpe_PC, pos_T, axis=0)[None]
-        x_BTC = nn.Dropout(cfg.dropout)(x_BTC, deterministic=not train)
+        x_BTC = Dropout(cfg.dropout)(x_BTC, deterministic=not train)
 
         unroll = 1 if cfg.scan_layers else cfg.n_layer
         if decode_state is None:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jaxmodels.config import ConfigError
 from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
 from jaxmodels.layers.dense import Dense
+from jaxmodels.layers.dropout import Dropout
 from jaxmodels.layers.embeddings import timestep_embedding
 from jaxmodels.layers.mha import MultiHeadAttention
 from jaxmodels.layers.norms import LayerNorm
@@ -122,7 +123,7 @@ class ResBlock(nn.Module):
             h = group_norm(C, self.dtype, "out_norm")(h) * (1.0 + scale) + shift
         else:
             h = group_norm(C, self.dtype, "out_norm")(h + emb)
-        h = nn.Dropout(self.dropout)(nn.silu(h), deterministic=self.deterministic)
+        h = Dropout(self.dropout)(nn.silu(h), deterministic=self.deterministic)
         h = conv(C, self.dtype, "out_conv", zero=True)(h)
         skip = x_NHWC if x_NHWC.shape[-1] == C else conv(C, self.dtype, "skip", kernel=1)(x_NHWC)
         return skip + h

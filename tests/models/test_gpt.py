@@ -120,7 +120,7 @@ def test_attention_gqa_and_window_match_naive(kv_heads, window):
     k = jax.random.normal(kk, (2, 8, kv_heads, 16))
     v = jax.random.normal(kv, (2, 8, kv_heads, 16))
     ref = naive_attention(q, k, v, window=window)
-    for impl in (None, "einsum"):
+    for impl in (None, "xla", "einsum"):
         out = attention(q, k, v, window=window, implementation=impl)
         chex.assert_shape(out, (2, 8, 4, 16))
         np.testing.assert_allclose(out, ref, atol=2e-5)
