@@ -32,7 +32,7 @@ def get_config(arg=None):
     # DiT-S (384 wide, 12 deep, 6 heads) with 4x4 patches on 32x32 RGB: 64 tokens.
     c.model = dict(name="dit", size="dit-s/4", input_size=32, in_channels=3,
                    num_classes=glyphs.NUM_CLASSES, class_dropout=0.1, learn_sigma=True,
-                   dtype="float32", remat="none", scan_layers=True)
+                   dtype="float32", remat="dots_with_no_batch_dims_saveable", scan_layers=True)
     c.task = diffusion_task_config(schedule="linear", num_timesteps=1000, prediction="eps",
                                    cfg_scale=4.0, sampler="ddim", sample_steps=50, eval_samples=64)
     c.data = image_data_config()
