@@ -152,23 +152,47 @@ def render(attrs, image_size: int = 32, jitter: np.ndarray | None = None) -> np.
     return np.asarray(img, np.uint8)
 
 
-def sample_attrs(rng: np.random.Generator, split: str) -> tuple[int, ...]:
-    """Random attributes: "train" avoids the held-out combinations, "holdout" draws only
-    them, "all" draws from every combination."""
+@functools.lru_cache(maxsize=None)
+def _pool(split: str, sizes: tuple[int, ...] | None) -> np.ndarray:
+    """Combination indices a split draws from, optionally only those with a size in `sizes`."""
     if split == "train":
         pool = train_combos()
     elif split == "holdout":
         pool = held_out_combos()
     elif split == "all":
-        return combo_attrs(int(rng.integers(NUM_COMBOS)))
+        pool = np.arange(NUM_COMBOS)
     else:
         raise ValueError(f"unknown glyph split {split!r}; valid: train, holdout, all")
+    if sizes is not None:
+        pool = np.asarray([i for i in pool if combo_attrs(int(i))[2] in sizes])
+    return pool
+
+
+def size_indices(names) -> tuple[int, ...] | None:
+    """("large",) -> (1,); empty/None -> None (every size). Unknown names are an error."""
+    if not names:
+        return None
+    bad = [n for n in names if n not in SIZES]
+    if bad:
+        raise ValueError(f"unknown glyph size(s) {bad}; valid: {', '.join(SIZES)}")
+    return tuple(sorted(SIZES.index(n) for n in names))
+
+
+def sample_attrs(rng: np.random.Generator, split: str, sizes: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Random attributes: "train" avoids the held-out combinations, "holdout" draws only
+    them, "all" draws from every combination; `sizes` (size indices) narrows any of them."""
+    if split == "all" and sizes is None:
+        return combo_attrs(int(rng.integers(NUM_COMBOS)))
+    pool = _pool(split, sizes)
     return combo_attrs(int(pool[rng.integers(len(pool))]))
 
 
-def example(seed: int, index: int, split: str = "train", image_size: int = 32):
-    """(uint8 image, attribute tuple) of example `index` of the stream `seed`."""
+def example(seed: int, index: int, split: str = "train", image_size: int = 32,
+            sizes: tuple[int, ...] | None = None):
+    """(uint8 image, attribute tuple) of example `index` of the stream `seed`.
+
+    sizes: restrict to these size indices (e.g. (1,) = large shapes only); None = all."""
     rng = np.random.default_rng([seed, index, {"train": 0, "holdout": 1, "all": 2}[split]])
-    attrs = sample_attrs(rng, split)
+    attrs = sample_attrs(rng, split, sizes)
     jitter = rng.uniform(-1.0, 1.0, size=5)
     return render(attrs, image_size, jitter), attrs

@@ -93,14 +93,16 @@ class GlyphSource:
     """The embedded dataset as a grain random-access source: item i is a function of
     (seed, i, split). split: "train" | "holdout" | "all" (see data/glyphs.py)."""
 
-    def __init__(self, size: int, seed: int = 0, split: str = "train", image_size: int = 32):
+    def __init__(self, size: int, seed: int = 0, split: str = "train", image_size: int = 32,
+                 sizes: tuple[int, ...] | None = None):
         self.size, self.seed, self.split, self.image_size = size, seed, split, image_size
+        self.sizes = sizes
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index: int) -> dict:
-        image, attrs = glyphs.example(self.seed, int(index), self.split, self.image_size)
+        image, attrs = glyphs.example(self.seed, int(index), self.split, self.image_size, self.sizes)
         return {"image": image, "label": np.int32(attrs[0]), "attrs": np.asarray(attrs, np.int32),
                 "caption": glyphs.caption(attrs)}
 
@@ -238,9 +240,15 @@ def image_source(data_cfg: Any, split: str):
     if source == "embedded":
         if channels != 3:
             raise ConfigError("the embedded dataset is RGB: set data.channels=3")
+        try:
+            sizes = glyphs.size_indices(tuple(_get(data_cfg, "glyph_sizes", ()) or ()))
+        except ValueError as e:
+            raise ConfigError(f"data.glyph_sizes: {e}") from None
         if split == "train":
-            return GlyphSource(int(_get(data_cfg, "size", 1_000_000)), seed=0, split="train", image_size=size)
-        return GlyphSource(int(_get(data_cfg, "val_size", 512)), seed=1, split="holdout", image_size=size)
+            return GlyphSource(int(_get(data_cfg, "size", 1_000_000)), seed=0, split="train", image_size=size,
+                               sizes=sizes)
+        return GlyphSource(int(_get(data_cfg, "val_size", 512)), seed=1, split="holdout", image_size=size,
+                           sizes=sizes)
     if source == "folder":
         return _holdout_split(FolderSource(_get(data_cfg, "path"), size, channels), split,
                               int(_get(data_cfg, "val_size", 512)))
@@ -262,13 +270,15 @@ def image_data_config(**overrides):
     caption tokens to batches) and caption_len; flip (random horizontal flip, captions
     fixed); size (virtual length of the embedded train split), val_size; tfds_name,
     tfds_data_dir (tfds_train_split / tfds_val_split may be added); latent_scale (arrays);
+    glyph_sizes (embedded only: e.g. ("large",) draws only large shapes; () = every size);
     num_threads, prefetch (grain read options).
     """
     import ml_collections
 
     d = dict(source="embedded", path="", image_size=32, channels=3, num_classes=glyphs.NUM_CLASSES,
              text=False, caption_len=72, flip=False, size=1_000_000, val_size=512,
-             tfds_name="", tfds_data_dir="", latent_scale=1.0, num_threads=2, prefetch=4)
+             tfds_name="", tfds_data_dir="", latent_scale=1.0, num_threads=2, prefetch=4,
+             glyph_sizes=())
     d.update(overrides)
     return ml_collections.ConfigDict(d)
 

@@ -5,12 +5,13 @@ Config `task` section (defaults in TASK_DEFAULTS):
                  precomputed text_emb -> cond["text_*"]) or "none"; "" (default): the
                  model's own `conditioning` field (DiT/PixArt), else "class"
   schedule, num_timesteps, prediction ("eps" | "v" | "x0"), min_snr_gamma
+  timestep_sampling "uniform" (default) or "logit_normal" with timestep_mean/_std
   learn_sigma    only for models without a `learn_sigma` field (DiT's own field wins)
   cfg_scale, sampler, sample_steps, eta         how evaluate() samples
   eval_samples                                  images per evaluation (0 disables it)
   eval_judge                                    judge metrics (embedded dataset only)
 
-loss: t ~ U{0..T-1}, x_t = q_sample(x0, t, eps), model(x_t, t, cond, train=True) (which
+loss: t ~ U{0..T-1} (or logit-normal), x_t = q_sample(x0, t, eps), model(x_t, t, cond, train=True) (which
 drops labels/captions itself for classifier-free guidance), diffusion_loss, mean over the
 batch; aux["weight"] = batch size.
 
@@ -40,7 +41,22 @@ TASK_DEFAULTS = dict(
     conditioning="", schedule="linear", num_timesteps=1000, prediction="eps",
     learn_sigma=False, min_snr_gamma=0.0, cfg_scale=4.0, sampler="ddim", sample_steps=50,
     eta=0.0, eval_samples=64, eval_judge=True, eval_seed=0,
+    timestep_sampling="uniform", timestep_mean=0.0, timestep_std=1.0,
 )
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+
+
+def sample_timesteps(rng: jax.Array, n: int, num_timesteps: int, kind: str = "uniform",
+                     mean: float = 0.0, std: float = 1.0) -> jax.Array:
+    """Training timesteps int32 [n]: uniform (DDPM, DiT) or logit-normal (SD3, Esser et al.
+    2024): t = floor(sigmoid(mean + std * z) * T). mean > 0 puts more of the batch at high
+    noise, where a model must decide the layout and the class shape from the condition."""
+    if kind == "uniform":
+        return jax.random.randint(rng, (n,), 0, num_timesteps)
+    if kind == "logit_normal":
+        u = jax.nn.sigmoid(mean + std * jax.random.normal(rng, (n,)))
+        return jnp.clip(jnp.floor(u * num_timesteps), 0, num_timesteps - 1).astype(jnp.int32)
+    raise ConfigError(f"unknown task.timestep_sampling {kind!r}; valid: {', '.join(TIMESTEP_SAMPLINGS)}")
 CONDITIONINGS = ("class", "text", "none")
 
 
@@ -107,6 +123,9 @@ class DiffusionTask(Task):
             opts["conditioning"] = getattr(model_cfg, "conditioning", "class")
         if opts["conditioning"] not in CONDITIONINGS:
             raise ConfigError(f"task.conditioning {opts['conditioning']!r}; valid: {', '.join(CONDITIONINGS)}")
+        if opts["timestep_sampling"] not in TIMESTEP_SAMPLINGS:
+            raise ConfigError(f"unknown task.timestep_sampling {opts['timestep_sampling']!r}; "
+                              f"valid: {', '.join(TIMESTEP_SAMPLINGS)}")
         if opts["sampler"] not in samplers.SAMPLERS:
             raise ConfigError(f"task.sampler {opts['sampler']!r}; valid: {', '.join(samplers.SAMPLERS)}")
         if opts["prediction"] not in losses.PREDICTIONS:
@@ -146,7 +165,8 @@ class DiffusionTask(Task):
         x0 = jnp.asarray(batch["image"], jnp.float32)
         n = x0.shape[0]
         r_t, r_noise, r_drop = jax.random.split(rng, 3)
-        t = jax.random.randint(r_t, (n,), 0, self.sched.num_timesteps)
+        t = sample_timesteps(r_t, n, self.sched.num_timesteps, self.opts["timestep_sampling"],
+                             float(self.opts["timestep_mean"]), float(self.opts["timestep_std"]))
         noise = jax.random.normal(r_noise, x0.shape, jnp.float32)
         x_t = S.q_sample(self.sched, x0, t, noise)
         out = self.model.apply({"params": params}, x_t, t, self.cond_from_batch(batch), train=train,
@@ -201,7 +221,8 @@ class DiffusionTask(Task):
             return {"cond": {}}
         if data.get("source", "embedded") == "embedded":
             length = int(data.get("caption_len", 80))
-            pool = glyphs.held_out_combos()
+            sizes = glyphs.size_indices(tuple(data.get("glyph_sizes", ()) or ()))
+            pool = glyphs._pool("holdout", sizes)
             rng = np.random.default_rng(seed)
             attrs = np.array([glyphs.combo_attrs(int(c)) for c in rng.choice(pool, num)], np.int32)
             captions = [glyphs.caption(a) for a in attrs]

@@ -194,3 +194,20 @@ def test_arrays_source_scales_latents_and_passes_embeddings(tmp_path):
     assert set(D.example_shapes(cfg)) == set(batch)
     np.save(str(tmp_path / "lat.npy"), lat)
     assert len(D.ArraySource(str(tmp_path / "lat.npy"))) == 30
+
+
+def test_glyph_sizes_narrow_every_split_and_bad_names_fail():
+    large = glyphs.size_indices(("large",))
+    assert large == (1,) and glyphs.size_indices(()) is None
+    for split in ("train", "holdout", "all"):
+        attrs = [glyphs.example(0, i, split, sizes=large)[1] for i in range(40)]
+        assert all(a[2] == 1 for a in attrs)
+        if split == "holdout":
+            assert all(glyphs.is_held_out(glyphs.combo_index(a)) for a in attrs)
+        if split == "train":
+            assert not any(glyphs.is_held_out(glyphs.combo_index(a)) for a in attrs)
+    cfg = D.image_data_config(glyph_sizes=("large",))
+    source = D.image_source(cfg, "train")
+    assert {int(source[i]["attrs"][2]) for i in range(30)} == {1}
+    with pytest.raises(ConfigError, match="glyph_sizes"):
+        D.image_source(D.image_data_config(glyph_sizes=("huge",)), "train")

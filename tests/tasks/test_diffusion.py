@@ -16,7 +16,7 @@ from jaxmodels.config import ConfigError, load_config
 from jaxmodels.data import glyphs
 from jaxmodels.data.images import decode_caption
 from jaxmodels.tasks import build_task
-from jaxmodels.tasks.diffusion import count_matmul_flops
+from jaxmodels.tasks.diffusion import count_matmul_flops, sample_timesteps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIT = os.path.join(ROOT, "configs", "dit_small.py")
@@ -136,3 +136,19 @@ def test_trainer_run_eval_grid_ema_resume_and_launch_sample(tmp_path, monkeypatc
     np.testing.assert_array_equal(out["labels"], np.arange(16) // 2)
     assert np.all(np.abs(out["samples"]) <= 1.0 + 1e-6)  # x0 clipped to the data range
     assert Image.open(stem + ".png").size == (8 * 33 + 1, 2 * 33 + 1)
+
+
+def test_timestep_sampling_uniform_and_logit_normal():
+    key = jax.random.key(0)
+    uniform = np.asarray(sample_timesteps(key, 20000, 1000))
+    assert uniform.min() >= 0 and uniform.max() <= 999 and abs(uniform.mean() - 499.5) < 10
+    high = np.asarray(sample_timesteps(key, 20000, 1000, "logit_normal", mean=1.0, std=1.0))
+    assert high.dtype == np.int32 and high.min() >= 0 and high.max() <= 999
+    # sigmoid(1 + z) has median sigmoid(1) = 0.731.
+    assert abs(np.median(high) - 731) < 10
+    centred = np.asarray(sample_timesteps(key, 20000, 1000, "logit_normal"))
+    assert abs(np.median(centred) - 500) < 10 and (np.abs(centred - 500) < 250).mean() > 0.6
+    with pytest.raises(ConfigError, match="timestep_sampling"):
+        sample_timesteps(key, 4, 1000, "cubic")
+    with pytest.raises(ConfigError, match="timestep_sampling"):
+        build_task(load_config("configs/dit_small.py:smoke", ["task.timestep_sampling=cubic"]))
