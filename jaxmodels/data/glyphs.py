@@ -153,7 +153,7 @@ def render(attrs, image_size: int = 32, jitter: np.ndarray | None = None) -> np.
 
 
 @functools.lru_cache(maxsize=None)
-def _pool(split: str, sizes: tuple[int, ...] | None) -> np.ndarray:
+def combo_pool(split: str, sizes: tuple[int, ...] | None) -> np.ndarray:
     """Combination indices a split draws from, optionally only those with a size in `sizes`."""
     if split == "train":
         pool = train_combos()
@@ -183,7 +183,7 @@ def sample_attrs(rng: np.random.Generator, split: str, sizes: tuple[int, ...] | 
     them, "all" draws from every combination; `sizes` (size indices) narrows any of them."""
     if split == "all" and sizes is None:
         return combo_attrs(int(rng.integers(NUM_COMBOS)))
-    pool = _pool(split, sizes)
+    pool = combo_pool(split, sizes)
     return combo_attrs(int(pool[rng.integers(len(pool))]))
 
 

@@ -222,7 +222,7 @@ class DiffusionTask(Task):
         if data.get("source", "embedded") == "embedded":
             length = int(data.get("caption_len", 80))
             sizes = glyphs.size_indices(tuple(data.get("glyph_sizes", ()) or ()))
-            pool = glyphs._pool("holdout", sizes)
+            pool = glyphs.combo_pool("holdout", sizes)
             rng = np.random.default_rng(seed)
             attrs = np.array([glyphs.combo_attrs(int(c)) for c in rng.choice(pool, num)], np.int32)
             captions = [glyphs.caption(a) for a in attrs]
