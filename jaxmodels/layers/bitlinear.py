@@ -1,0 +1,164 @@
+"""BitLinear (BitNet b1.58): ternary weights, 8-bit activations, straight-through gradients.
+
+The forward of "The Era of 1-bit LLMs" (Ma et al. 2024) and its Training Tips / FAQ code,
+which transformers' AutoBitLinear (online mode) also implements:
+
+  weights, per tensor (absmean):  s_w = 1 / max(mean|W|, 1e-5)
+                                  W_q = clip(round(W * s_w), -1, 1)        in {-1, 0, +1}
+  activations, per token (absmax): s_x = 127 / max(max_j |x_j|, 1e-5)
+                                  x_q = clip(round(x * s_x), -128, 127)    8-bit integers
+  output:                         y = (x_q @ W_q) / (s_x * s_w)
+
+i.e. y = x~ @ W~ with x~ = x_q / s_x and W~ = W_q / s_w. (The paper writes the weight
+rule as RoundClip(W / (gamma + eps)) with gamma = mean|W|; the code clamps gamma at 1e-5
+instead of adding eps. They agree whenever mean|W| >> 1e-5; we follow the code, which
+the released checkpoints were trained with.)
+
+All quantisation runs in f32 whatever the compute dtype: the integer-valued x_q and W_q
+are exact in bf16 (|x_q| <= 128), so the matmul itself runs in the compute dtype with f32
+accumulation and the two scales are applied to the f32 result.
+
+Gradients are the straight-through estimator of the FAQ code (x + (q(x) - x).detach()):
+the rounding is treated as the identity, so for g = dL/dy
+  dL/dx = g @ W~^T        dL/dW = x~^T @ g
+(the quantised operands, not the latent ones, appear in each other's gradient). This is a
+custom VJP so that the backward keeps only x_q (int8) and one f32 scale per token instead
+of an f32 copy of the activations.
+
+Params: `kernel` [in, out] f32 — the latent ("master") weights the optimizer updates.
+With quantize=False the layer is a plain full-precision Dense with the same params (the
+baseline BitNet is compared against). With packed=True it holds the inference layout
+instead: `packed` uint8 [ceil(out/4), in] (four ternary values per byte, the layout of
+transformers' BitNet quantizer, see jaxmodels/layers/ternary_pack.py) and `weight_scale`
+f32 [] (= 1 / s_w, the dequantisation multiplier), unpacked in XLA inside the matmul.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmodels.layers.dense import flat_dot_general, linear
+from jaxmodels.layers.ternary_pack import unpack_ternary
+
+Initializer = Callable[..., jax.Array]
+
+ACT_BITS = 8
+ACT_QMAX = 2 ** (ACT_BITS - 1) - 1   # 127: scale so the largest |x| maps to 127
+ACT_QMIN = -(2 ** (ACT_BITS - 1))    # -128
+SCALE_FLOOR = 1e-5
+
+
+def weight_quant(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-tensor absmean ternary quantisation: (W_q in {-1, 0, 1} as f32, s_w f32 scalar)."""
+    w32 = w.astype(jnp.float32)
+    s_w = 1.0 / jnp.maximum(jnp.mean(jnp.abs(w32)), SCALE_FLOOR)
+    return jnp.clip(jnp.round(w32 * s_w), -1.0, 1.0), s_w
+
+
+def act_quant(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-token (last axis) absmax 8-bit quantisation: (x_q integers as f32, s_x [..., 1])."""
+    x32 = x.astype(jnp.float32)
+    s_x = ACT_QMAX / jnp.maximum(jnp.max(jnp.abs(x32), axis=-1, keepdims=True), SCALE_FLOOR)
+    return jnp.clip(jnp.round(x32 * s_x), ACT_QMIN, ACT_QMAX), s_x
+
+
+def fake_quant_weight(w: jax.Array) -> jax.Array:
+    """W~ = W_q / s_w (f32), with the straight-through gradient (identity)."""
+    w_q, s_w = weight_quant(w)
+    w32 = w.astype(jnp.float32)
+    return w32 + jax.lax.stop_gradient(w_q / s_w - w32)
+
+
+def fake_quant_act(x: jax.Array) -> jax.Array:
+    """x~ = x_q / s_x (f32), with the straight-through gradient (identity)."""
+    x_q, s_x = act_quant(x)
+    x32 = x.astype(jnp.float32)
+    return x32 + jax.lax.stop_gradient(x_q / s_x - x32)
+
+
+def _int_matmul(x_q, w_q_IO, dtype):
+    """x_q @ W_q in `dtype` with f32 accumulation (both operands hold small integers)."""
+    return linear(x_q.astype(dtype), w_q_IO.astype(dtype), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _bitlinear(x: jax.Array, w_IO: jax.Array, dtype) -> jax.Array:
+    x_q, s_x = act_quant(x)
+    w_q, s_w = weight_quant(w_IO)
+    return _int_matmul(x_q, w_q, dtype) / (s_x * s_w)
+
+
+def _bitlinear_fwd(x, w_IO, dtype):
+    x_q, s_x = act_quant(x)
+    w_q, s_w = weight_quant(w_IO)
+    y = _int_matmul(x_q, w_q, dtype) / (s_x * s_w)
+    # int8 residuals: 1 byte per activation instead of 4. The zero-size arrays carry the
+    # primal dtypes the cotangents must have.
+    return y, (x_q.astype(jnp.int8), s_x, w_q.astype(jnp.int8), s_w,
+               jnp.zeros((0,), x.dtype), jnp.zeros((0,), w_IO.dtype))
+
+
+def _bitlinear_bwd(dtype, res, g):
+    x_q, s_x, w_q, s_w, x_token, w_token = res
+    g = g.astype(dtype)
+    # dx = g @ W~^T with W~ = W_q / s_w (STE through the activation rounding).
+    dx = flat_dot_general(g, w_q.astype(dtype), (((g.ndim - 1,), (1,)), ((), ())),
+                          preferred_element_type=jnp.float32) / s_w
+    # dW = x~^T @ g with x~ = x_q / s_x (STE through the weight rounding).
+    x_deq = (x_q.astype(jnp.float32) / s_x).astype(dtype)
+    dw = jnp.dot(x_deq.reshape(-1, x_deq.shape[-1]).T, g.reshape(-1, g.shape[-1]),
+                 preferred_element_type=jnp.float32)
+    return dx.astype(x_token.dtype), dw.astype(w_token.dtype)
+
+
+_bitlinear.defvjp(_bitlinear_fwd, _bitlinear_bwd)
+
+
+def bitlinear(x: jax.Array, w_IO: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """y = quant(x) @ quant(W) with straight-through gradients; f32 out. w_IO: [in, out]."""
+    return _bitlinear(x, w_IO, jnp.dtype(dtype))
+
+
+def packed_bitlinear(x: jax.Array, packed_PI: jax.Array, weight_scale: jax.Array, out_features: int,
+                     dtype=jnp.float32) -> jax.Array:
+    """Inference from packed weights: y = (x_q @ W_q^T) * weight_scale / s_x, f32 out.
+
+    packed_PI: uint8 [ceil(out/4), in] in transformers' layout; W_q is unpacked in XLA.
+    """
+    x_q, s_x = act_quant(x)
+    w_q_OI = unpack_ternary(packed_PI, out_features, dtype)
+    y = flat_dot_general(x_q.astype(dtype), w_q_OI, (((x.ndim - 1,), (1,)), ((), ())),
+                         preferred_element_type=jnp.float32)
+    return y * (weight_scale.astype(jnp.float32) / s_x)
+
+
+class BitLinear(nn.Module):
+    """A bias-free linear layer that is BitLinear (b1.58) when quantize=True.
+
+    quantize=False: y = x @ W in `dtype` (the full-precision baseline, same params).
+    packed=True: inference from `packed` + `weight_scale` (see the module docstring).
+    The RMSNorm BitLinear needs in front is the caller's (BitNet's input / sub norms).
+    """
+    features: int
+    quantize: bool = True
+    packed: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = jnp.dtype(self.dtype)
+        in_features = x.shape[-1]
+        if self.packed:
+            rows = -(-self.features // 4)
+            packed = self.param("packed", nn.initializers.zeros, (rows, in_features), jnp.uint8)
+            scale = self.param("weight_scale", nn.initializers.ones, (), jnp.float32)
+            return packed_bitlinear(x, packed, scale, self.features, dtype).astype(dtype)
+        kernel = self.param("kernel", self.kernel_init, (in_features, self.features), jnp.float32)
+        if not self.quantize:
+            return linear(x.astype(dtype), kernel.astype(dtype)).astype(dtype)
+        return bitlinear(x, kernel, dtype).astype(dtype)
