@@ -15,6 +15,7 @@ from jaxmodels.config import ConfigError
 
 CONVERTERS = {
     "gpt2": "jaxmodels.convert.gpt2",
+    "bitnet": "jaxmodels.convert.bitnet",
     "llama": "jaxmodels.convert.llama",
     "mistral": "jaxmodels.convert.llama",
     "qwen2": "jaxmodels.convert.llama",

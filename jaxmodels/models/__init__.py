@@ -29,6 +29,7 @@ from jaxmodels.config import ConfigError
 FAMILIES = {
     "gpt": "jaxmodels.models.gpt",
     "llama": "jaxmodels.models.llama",
+    "bitnet": "jaxmodels.models.bitnet",
     "mamba": "jaxmodels.models.mamba",
     "rwkv4": "jaxmodels.models.rwkv4",
     "rwkv7": "jaxmodels.models.rwkv7",
