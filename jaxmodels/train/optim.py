@@ -20,30 +20,74 @@ PyTree = Any
 NO_DECAY_NAMES = ("bias", "scale")
 
 
+SCHEDULES = ("constant", "cosine", "two_stage")
+
+
+def _decay_steps(optim_cfg, total_steps: int) -> int:
+    return int(optim_cfg.decay_steps) if int(optim_cfg.decay_steps) > 0 else int(total_steps)
+
+
+def stage2_start(optim_cfg: ml_collections.ConfigDict, total_steps: int) -> int:
+    """First step of stage 2 of the two-stage recipe: optim.stage2_at (default 0.5) of the
+    decay horizon."""
+    at = float(optim_cfg.get("stage2_at", 0.5))
+    if not 0.0 < at <= 1.0:
+        raise ConfigError(f"optim.stage2_at={at} must be in (0, 1] (the fraction of training before the cooldown)")
+    return int(round(at * _decay_steps(optim_cfg, total_steps)))
+
+
 def lr_schedule(optim_cfg: ml_collections.ConfigDict, total_steps: int) -> Callable[[Any], jax.Array]:
     """step -> learning rate: linear warmup to `lr`, then cosine to `min_lr` (or constant).
 
     Warmup is (step+1)/(warmup+1)*lr so the very first update is not a no-op. decay_steps
     (-1: total_steps) counts from step 0, warmup included, as in nanoGPT.
+
+    "two_stage" (BitNet b1.58, Training Tips; 2B4T report sec. 3.1): stage 1 is the cosine
+    from a high peak `lr`; at step stage2_start (optim.stage2_at of the horizon, default
+    half way) the rate drops abruptly to optim.stage2_lr and stage 2 is a cosine from there
+    to `min_lr` at the end of the horizon.
     """
     peak, floor = float(optim_cfg.lr), float(optim_cfg.min_lr)
     warmup = int(optim_cfg.warmup_steps)
-    decay = int(optim_cfg.decay_steps) if int(optim_cfg.decay_steps) > 0 else int(total_steps)
+    decay = _decay_steps(optim_cfg, total_steps)
     kind = optim_cfg.schedule
-    if kind not in ("cosine", "constant"):
-        raise ConfigError(f"unknown optim.schedule {kind!r}; valid: constant, cosine")
+    if kind not in SCHEDULES:
+        raise ConfigError(f"unknown optim.schedule {kind!r}; valid: {', '.join(SCHEDULES)}")
+    if kind == "two_stage":
+        if "stage2_lr" not in optim_cfg:
+            raise ConfigError("optim.schedule='two_stage' needs optim.stage2_lr (the rate after the cooldown)")
+        cool, peak2 = stage2_start(optim_cfg, total_steps), float(optim_cfg.stage2_lr)
+
+    def cosine(step, start, top, end):
+        progress = jnp.clip((step - start) / max(1, end - start), 0.0, 1.0)
+        return floor + 0.5 * (top - floor) * (1.0 + jnp.cos(math.pi * progress))
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
         warm = peak * (step + 1.0) / (warmup + 1.0)
         if kind == "constant":
             after = jnp.full_like(step, peak)
+        elif kind == "cosine":
+            after = cosine(step, warmup, peak, decay)
         else:
-            progress = jnp.clip((step - warmup) / max(1, decay - warmup), 0.0, 1.0)
-            after = floor + 0.5 * (peak - floor) * (1.0 + jnp.cos(math.pi * progress))
+            after = jnp.where(step < cool, cosine(step, warmup, peak, decay), cosine(step, cool, peak2, decay))
         return jnp.where(step < warmup, warm, after)
 
     return schedule
+
+
+def weight_decay_schedule(optim_cfg: ml_collections.ConfigDict, total_steps: int):
+    """The weight decay: optim.weight_decay, or with optim.stage2_weight_decay set (>= 0)
+    and the two-stage schedule, weight_decay in stage 1 and stage2_weight_decay from
+    stage2_start on (BitNet: 0.1, then 0). Returns a float or a step -> value callable."""
+    wd = float(optim_cfg.weight_decay)
+    wd2 = float(optim_cfg.get("stage2_weight_decay", -1.0))
+    if wd2 < 0:
+        return wd
+    if optim_cfg.schedule != "two_stage":
+        raise ConfigError("optim.stage2_weight_decay needs optim.schedule='two_stage' (it switches at stage 2)")
+    cool = stage2_start(optim_cfg, total_steps)
+    return lambda step: jnp.where(jnp.asarray(step) < cool, wd, wd2).astype(jnp.float32)
 
 
 def _leaf_name(path) -> str:
@@ -72,8 +116,10 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int,
     if float(optim_cfg.clip_norm) > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.clip_norm)))
     parts.append(optax.scale_by_adam(b1=float(optim_cfg.b1), b2=float(optim_cfg.b2), eps=float(optim_cfg.eps)))
-    if float(optim_cfg.weight_decay) > 0:
-        parts.append(optax.add_decayed_weights(float(optim_cfg.weight_decay), mask=decay_mask))
+    wd = weight_decay_schedule(optim_cfg, total_steps)
+    if callable(wd) or wd > 0:
+        # A schedule counts optimizer updates from 0, i.e. the step (the count is checkpointed).
+        parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     adamw = optax.chain(*parts)
     if trainable is None:

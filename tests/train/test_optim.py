@@ -68,3 +68,47 @@ def test_frozen_leaves_unchanged_and_carry_no_adam_state():
     float_state = sum(x.size for x in jax.tree.leaves(state.opt_state) if jnp.issubdtype(x.dtype, jnp.floating))
     assert float_state == 2 * trainable_elems
     assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
+
+
+def test_two_stage_lr_high_then_cooled_at_mid_training():
+    cfg = toy_cfg(optim__lr=1.0, optim__min_lr=0.0, optim__warmup_steps=0, optim__schedule="two_stage")
+    with pytest.raises(ConfigError, match="stage2_lr"):
+        lr_schedule(cfg.optim, 100)
+    cfg.optim.stage2_lr = 0.4
+    s = lr_schedule(cfg.optim, total_steps=100)
+    # Stage 1: the plain cosine from the high peak over the whole horizon.
+    assert float(s(0)) == pytest.approx(1.0)
+    assert float(s(25)) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.25)), rel=1e-6)
+    assert float(s(49)) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.49)), rel=1e-6)
+    # Stage 2 from step 50: an abrupt drop to stage2_lr, then a cosine from it to min_lr.
+    assert float(s(50)) == pytest.approx(0.4) and float(s(50)) < float(s(49))
+    assert float(s(75)) == pytest.approx(0.2 * (1 + np.cos(np.pi * 0.5)), rel=1e-6)
+    assert float(s(100)) == pytest.approx(0.0, abs=1e-7)
+    cfg.optim.stage2_at = 0.25
+    assert float(lr_schedule(cfg.optim, 100)(25)) == pytest.approx(0.4)
+    cfg.optim.stage2_at = 1.5
+    with pytest.raises(ConfigError, match="stage2_at"):
+        lr_schedule(cfg.optim, 100)
+
+
+def test_two_stage_weight_decay_on_then_zero():
+    """Zero gradients, so only weight decay moves the matrix: p *= (1 - lr * wd) per step in
+    stage 1 (steps 0-4), unchanged in stage 2 (steps 5-9)."""
+    cfg = toy_cfg(optim__lr=0.5, optim__min_lr=0.5, optim__warmup_steps=0, optim__schedule="two_stage",
+                  optim__weight_decay=0.1, optim__clip_norm=0.0)
+    cfg.optim.update(stage2_lr=0.5, stage2_at=0.5, stage2_weight_decay=0.0)
+    params = {"w": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    opt, _ = make_optimizer(cfg.optim, 10)
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    history = []
+    for _ in range(10):
+        updates, state = update(jax.tree.map(jnp.zeros_like, params), state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(float(params["w"][0, 0]))
+    np.testing.assert_allclose(history[:5], 0.95 ** np.arange(1, 6), rtol=1e-6)
+    np.testing.assert_allclose(history[5:], [0.95 ** 5] * 5, rtol=1e-6)
+    assert float(params["bias"][0]) == 1.0
+    cfg.optim.schedule = "cosine"
+    with pytest.raises(ConfigError, match="two_stage"):
+        make_optimizer(cfg.optim, 10)
