@@ -3,6 +3,9 @@
     python -m launch.generate --workdir runs/shakespeare --prompt "ROMEO:" --max_new_tokens 200
     python -m launch.generate --workdir runs/x --prompt "Once" --temperature 0.8 --top_k 40
     python -m launch.generate --workdir runs/x --prompt "Once" --greedy
+    python -m launch.generate --workdir runs/bitnet_b158_cpu --packed   # BitNet: from packed weights
+    python -m launch.generate --hf path/to/bitnet-b1.58-2B-4T --prompt "The capital of France is"
+        # a Hugging Face folder (or a launch.convert output) with its tokenizer.json
 """
 from __future__ import annotations
 
@@ -14,7 +17,13 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="the training run's workdir")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workdir", help="the training run's workdir")
+    where.add_argument("--hf", help="a Hugging Face folder or launch.convert output (tokenizer: "
+                                    "its tokenizer.json, or --tokenizer)")
+    parser.add_argument("--tokenizer", default="", help="with --hf: folder holding tokenizer.json")
+    parser.add_argument("--packed", action="store_true",
+                        help="BitNet: pack the ternary weights (uint8, 4 per byte) and decode from them")
     parser.add_argument("--prompt", default="\n", help="text to continue")
     parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -34,9 +43,22 @@ def main(argv=None) -> int:
     from jaxmodels.models import build_model
     from jaxmodels.train.checkpoint import load_params
 
-    cfg, params = load_params(args.workdir, use_ema=not args.no_ema)
-    model = build_model(cfg.model)
-    tokenizer = build_tokenizer(cfg.data)
+    if args.hf:
+        from jaxmodels.convert.pretrained import load_pretrained
+
+        model_cfg, params = load_pretrained(args.hf)
+        model = build_model(model_cfg)
+        tokenizer = build_tokenizer({"tokenizer": "hf", "vocab_path": args.tokenizer or args.hf})
+    else:
+        cfg, params = load_params(args.workdir, use_ema=not args.no_ema)
+        model = build_model(cfg.model)
+        tokenizer = build_tokenizer(cfg.data)
+    if args.packed and not getattr(model.cfg, "packed", True):
+        from jaxmodels.convert.bitnet import pack_params, packed_model
+
+        params, model = pack_params(model.cfg, params), packed_model(model)
+    elif args.packed and not hasattr(model.cfg, "packed"):
+        raise SystemExit("--packed is for BitNet models (model.name=bitnet)")
     ids = tokenizer.encode(args.prompt)
     if not ids:
         raise SystemExit("the prompt encodes to no tokens; pass a non-empty --prompt")

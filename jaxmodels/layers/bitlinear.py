@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.layers.dense import flat_dot_general, linear
-from jaxmodels.layers.ternary_pack import unpack_ternary
+from jaxmodels.layers.ternary_pack import unpack_ternary_block
 
 Initializer = Callable[..., jax.Array]
 
@@ -127,12 +127,20 @@ def packed_bitlinear(x: jax.Array, packed_PI: jax.Array, weight_scale: jax.Array
                      dtype=jnp.float32) -> jax.Array:
     """Inference from packed weights: y = (x_q @ W_q^T) * weight_scale / s_x, f32 out.
 
-    packed_PI: uint8 [ceil(out/4), in] in transformers' layout; W_q is unpacked in XLA.
+    packed_PI: uint8 [ceil(out/4), in] in transformers' layout. Bit pair i of byte row j is
+    output feature i*r + j (r = ceil(out/4)), so the matmul runs as four [r, in] blocks, each
+    unpacked in XLA right before its dot (shift, mask, convert: fusible into the dot's
+    operand read) and the four outputs concatenated, so no unpacked copy of the whole
+    matrix is needed.
     """
     x_q, s_x = act_quant(x)
-    w_q_OI = unpack_ternary(packed_PI, out_features, dtype)
-    y = flat_dot_general(x_q.astype(dtype), w_q_OI, (((x.ndim - 1,), (1,)), ((), ())),
-                         preferred_element_type=jnp.float32)
+    x_q = x_q.astype(dtype)
+    outs = []
+    for i in range(4):
+        w_RI = unpack_ternary_block(packed_PI, i, dtype)
+        outs.append(flat_dot_general(x_q, w_RI, (((x.ndim - 1,), (1,)), ((), ())),
+                                     preferred_element_type=jnp.float32))
+    y = jnp.concatenate(outs, axis=-1)[..., :out_features]
     return y * (weight_scale.astype(jnp.float32) / s_x)
 
 

@@ -7,7 +7,8 @@ consecutive rows: the row blocks are strided by r, so unpacking is four shifts a
 concatenation along the row axis.)
 
 `pack_ternary` / `unpack_ternary_np` run on host (conversion, export); `unpack_ternary`
-is the jnp version a packed BitLinear runs inside its jitted matmul.
+(the whole matrix) and `unpack_ternary_block` (one bit pair = one block of r rows, what a
+packed BitLinear unpacks before each of its four dots) are the jnp versions.
 """
 from __future__ import annotations
 
@@ -51,3 +52,8 @@ def unpack_ternary(packed: jax.Array, rows: int, dtype=jnp.float32) -> jax.Array
     parts = [jnp.right_shift(packed, jnp.uint8(2 * i)) & jnp.uint8(3) for i in range(VALUES_PER_BYTE)]
     w = jnp.concatenate(parts, axis=0)[:rows]
     return (w.astype(jnp.int8) - 1).astype(dtype)
+
+
+def unpack_ternary_block(packed: jax.Array, i: int, dtype=jnp.float32) -> jax.Array:
+    """Rows i*r .. i*r + r - 1 of the unpacked matrix (bit pair i of every byte), in `dtype`."""
+    return ((jnp.right_shift(packed, jnp.uint8(2 * i)) & jnp.uint8(3)).astype(dtype) - 1).astype(dtype)

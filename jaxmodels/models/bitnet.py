@@ -99,6 +99,10 @@ class Config:
 _PAPER = dict(vocab_size=32000, hidden_act="silu", max_len=2048, rope_theta=10000.0,
               tie_embeddings=True)
 SIZES = {
+    # BitNet (Wang et al. 2023, Table: 350M = 1024 wide, 24 layers, 16 heads) with a GLU of
+    # ~8/3 x 1024: 0.34B, the largest named size whose b1.58 training fits 12 GB
+    # (f32 latent weights + Adam: 16-20 bytes per parameter before activations).
+    "350m": dict(_PAPER, dim=1024, n_layers=24, n_heads=16, n_kv_heads=16, hidden_dim=2736),
     "700m": dict(_PAPER, dim=1536, n_layers=24, n_heads=16, n_kv_heads=16, hidden_dim=4096),
     "1.3b": dict(_PAPER, dim=2048, n_layers=24, n_heads=32, n_kv_heads=32, hidden_dim=5460),
     "3b": dict(_PAPER, dim=3200, n_layers=26, n_heads=32, n_kv_heads=32, hidden_dim=8640),

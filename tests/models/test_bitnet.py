@@ -161,6 +161,7 @@ def test_latent_weights_train_and_full_precision_switch_differs():
 
 def test_named_sizes():
     counts = {name: bitnet.num_params(bitnet.Config(**s)) for name, s in bitnet.SIZES.items()}
+    assert 0.33e9 < counts["350m"] < 0.35e9
     assert 0.70e9 < counts["700m"] < 0.80e9
     assert 1.2e9 < counts["1.3b"] < 1.4e9
     assert 3.3e9 < counts["3b"] < 3.4e9
