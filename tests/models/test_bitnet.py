@@ -171,3 +171,27 @@ def test_named_sizes():
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == counts["2b-4t"]
     with pytest.raises(ConfigError, match="relu2"):
         build_model({**TINY, "hidden_act": "gelu"})
+
+
+def test_export_launcher_writes_a_packed_folder(tmp_path, capsys):
+    from launch import export_bitnet
+
+    out = str(tmp_path / "packed")
+    assert export_bitnet.main(["--hf", fixture("master"), "--out", out]) == 0
+    assert "(packed)" in capsys.readouterr().out
+    model, params = from_hf(out)
+    assert model.cfg.packed and params["layers"]["mlp"]["down_proj"]["packed"].dtype == jnp.uint8
+    assert export_bitnet.main(["--hf", out, "--out", str(tmp_path / "m"), "--layout", "master"]) == 2
+
+
+def test_generate_launcher_from_a_packed_hf_folder(capsys):
+    """launch.generate --hf on the released layout (packed, tied; word-level tokenizer.json
+    w0 .. w94, <unk>) continues the prompt exactly as transformers' greedy decoding did."""
+    from launch import generate as launcher
+
+    ref = reference("packed_tied")
+    words = lambda ids: " ".join("<unk>" if i == 95 else f"w{i}" for i in ids)  # noqa: E731
+    new = ref["greedy"].shape[1] - ref["prompt"].shape[1]
+    assert launcher.main(["--hf", fixture("packed_tied"), "--prompt", words(ref["prompt"][0]), "--greedy",
+                          "--max_new_tokens", str(new)]) == 0
+    assert capsys.readouterr().out.split() == words(ref["greedy"][0]).split()
