@@ -25,6 +25,7 @@ TRAIN_ROWS = (
     ("700m", []),
     ("700m", ["train.batch_size=1", "train.micro_batches=1"]),
     ("350m", ["model.size=350m"]),
+    ("3b", ["model.size=3b"]),
 )
 DECODE_SIZES = ("2b-4t", "3b")
 
