@@ -22,9 +22,9 @@ from benchmarks.common import REPO_ROOT, machine, markdown_table, write_results 
 GiB = 2 ** 30
 CONFIG = os.path.join(REPO_ROOT, "configs", "bitnet_b158.py")
 TRAIN_ROWS = (
-    ("700m", []),
-    ("700m", ["train.batch_size=1", "train.micro_batches=1"]),
-    ("350m", ["model.size=350m"]),
+    ("350m", []),
+    ("700m", ["model.size=700m"]),
+    ("700m", ["model.size=700m", "train.batch_size=1", "train.micro_batches=1"]),
     ("3b", ["model.size=3b"]),
 )
 DECODE_SIZES = ("2b-4t", "3b")
