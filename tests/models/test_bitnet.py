@@ -195,3 +195,30 @@ def test_generate_launcher_from_a_packed_hf_folder(capsys):
     assert launcher.main(["--hf", fixture("packed_tied"), "--prompt", words(ref["prompt"][0]), "--greedy",
                           "--max_new_tokens", str(new)]) == 0
     assert capsys.readouterr().out.split() == words(ref["greedy"][0]).split()
+
+
+def test_bitlinear_class_scale_is_read_as_its_inverse(loaded, tmp_path):
+    """transformers' "bitlinear" class stores weight_scale = 1 / mean|W| (it divides by it);
+    "autobitlinear" stores mean|W| (it multiplies). The same model in either file gives the
+    same params."""
+    import json
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    out = str(tmp_path / "bitlinear_class")
+    shutil.copytree(fixture("packed"), out)
+    st = SafetensorsFolder(fixture("packed"))
+    tensors = {k: st.get(k, dtype=None) for k in st.keys()}
+    tensors = {k: (1.0 / v.astype(np.float32) if k.endswith("weight_scale") else v) for k, v in tensors.items()}
+    save_file(tensors, os.path.join(out, "model.safetensors"))
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["quantization_config"]["linear_class"] = "bitlinear"
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    _, params = from_hf(out)
+    _, expected = loaded["packed"]
+    for group, name in bitnet.PROJECTIONS:
+        np.testing.assert_allclose(np.asarray(params["layers"][group][name]["weight_scale"]),
+                                   np.asarray(expected["layers"][group][name]["weight_scale"]), rtol=1e-6)
