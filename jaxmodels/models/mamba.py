@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import check_choice
-from jaxmodels.layers.dense import Dense, project_out
+from jaxmodels.layers.dense import Dense
+from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 
@@ -230,7 +231,8 @@ class Mamba(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
-                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
+                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
+                 head_input: bool = False):
         """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state).
 
         Logits cover the padded vocabulary (mamba_ssm); `pos` is unused (no positions).
@@ -251,7 +253,7 @@ class Mamba(nn.Module):
             head_VD = emb_VD
         else:
             head_VD = self.param("lm_head", torch_linear_init(), (V, D), jnp.float32)
-        logits_BTV = project_out(x_BTD, head_VD, dtype)
+        logits_BTV = lm_head(x_BTD, head_VD, dtype, head_input=head_input)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

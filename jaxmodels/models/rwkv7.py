@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
-from jaxmodels.layers.dense import Dense, linear, project_out
+from jaxmodels.layers.dense import Dense, linear
 from jaxmodels.layers.headnorm import HeadNorm
+from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 from jaxmodels.layers.token_shift import token_shift
@@ -350,7 +351,8 @@ class RWKV7(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
-                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
+                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
+                 head_input: bool = False):
         """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state). `pos` unused."""
         cfg = self.cfg
         V, C, L = cfg.vocab_size, cfg.d_model, cfg.n_layer
@@ -368,7 +370,7 @@ class RWKV7(nn.Module):
         x_BTC = LayerNorm(eps=cfg.norm_eps, dtype=dtype, name="ln_out")(x_BTC)
         gain = 0.5 * math.sqrt(V / C) if V > C else 0.5
         head_VC = self.param("head", _orthogonal(gain), (V, C), jnp.float32)
-        logits = project_out(x_BTC, head_VC, dtype)
+        logits = lm_head(x_BTC, head_VC, dtype, head_input=head_input)
         if decode_state is None:
             return logits
         return logits, decode_state

@@ -1,0 +1,92 @@
+"""One function per op for model code, and the config switch that picks its implementation.
+
+Config (`kernels` section of every config, jaxmodels/train/defaults.py):
+
+    kernels.<op> = "auto" | "pallas" | "xla"        (cross_entropy also "dense")
+
+- "xla": the plain-JAX form, on every backend (for cross_entropy: the chunked form).
+- "pallas": the Pallas kernel; compiled (Triton) on GPU, run in interpret mode elsewhere
+  (correct but slow: for tests and for checking the kernel itself).
+- "dense" (cross_entropy only): the full-logits reference, i.e. the loss as it was before
+  the chunked form existed.
+- "auto": Pallas on a GPU for the ops in PALLAS_FASTER_ON_GPU (the ops whose kernel was
+  measured faster than the XLA form there by benchmarks/gpu_kernels.py), the XLA form
+  everywhere else. The set is empty until a GPU run has measured it.
+
+`configure(cfg.kernels)` is called when a task is built (jaxmodels.tasks.build_task); the
+choice is read when a function is traced, so set it before jitting.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+
+from jaxmodels.config import ConfigError
+
+MODES = ("auto", "pallas", "xla")
+OPS = {
+    "attention": MODES,
+    "cross_entropy": MODES + ("dense",),
+    "norm": MODES,
+    "selective_scan": MODES,
+    "rwkv7": MODES,
+    "nf4_matmul": MODES,
+}
+DEFAULTS = {op: "auto" for op in OPS}
+# Ops whose Pallas kernel beat the XLA form on a GPU in benchmarks/gpu_kernels.py. No GPU
+# run has been recorded yet, so none: "auto" means the XLA form on every backend.
+PALLAS_FASTER_ON_GPU: frozenset = frozenset()
+
+_settings: dict = dict(DEFAULTS)
+
+
+def configure(section: Any = None) -> None:
+    """Sets the implementation per op from a config's `kernels` section (None: defaults)."""
+    values = dict(DEFAULTS)
+    if section is not None:
+        given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+        unknown = sorted(set(given) - set(OPS))
+        if unknown:
+            raise ConfigError(f"unknown kernels op(s) {unknown}; valid: {', '.join(OPS)}")
+        for op, mode in given.items():
+            if mode not in OPS[op]:
+                raise ConfigError(f"kernels.{op}={mode!r}; valid: {', '.join(OPS[op])}")
+        values.update(given)
+    _settings.clear()
+    _settings.update(values)
+
+
+def settings() -> Mapping[str, str]:
+    return dict(_settings)
+
+
+def on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def choice(op: str) -> str:
+    """The implementation `op` runs with now: "pallas", "xla" (or "dense" for cross_entropy)."""
+    mode = _settings.get(op, "auto")
+    if mode != "auto":
+        return mode
+    return "pallas" if on_gpu() and op in PALLAS_FASTER_ON_GPU else "xla"
+
+
+def interpret() -> bool:
+    """Pallas kernels run compiled on GPU and interpreted on every other backend."""
+    return not on_gpu()
+
+
+# ----------------------------------------------------------------------------- ops
+def cross_entropy(hidden_NC, weight_VC, targets_N, *, bias_V=None, softcap: float = 0.0, dtype=None):
+    """(nll_N, correct_N) from final hidden states and the head weight: kernels/cross_entropy.py."""
+    from jaxmodels.kernels import cross_entropy as ce
+
+    impl = choice("cross_entropy")
+    kwargs = dict(bias_V=bias_V, softcap=softcap, dtype=dtype)
+    if impl == "pallas":
+        return ce.cross_entropy_pallas(hidden_NC, weight_VC, targets_N, interpret=interpret(), **kwargs)
+    if impl == "dense":
+        return ce.cross_entropy_dense(hidden_NC, weight_VC, targets_N, **kwargs)
+    return ce.cross_entropy_chunked(hidden_NC, weight_VC, targets_N, **kwargs)
