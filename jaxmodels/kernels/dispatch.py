@@ -90,3 +90,13 @@ def cross_entropy(hidden_NC, weight_VC, targets_N, *, bias_V=None, softcap: floa
     if impl == "dense":
         return ce.cross_entropy_dense(hidden_NC, weight_VC, targets_N, **kwargs)
     return ce.cross_entropy_chunked(hidden_NC, weight_VC, targets_N, **kwargs)
+
+
+def attention(q_BTHD, k_BSKD, v_BSKD, *, causal: bool = True, window=None, softcap: float = 0.0, scale=None):
+    """Aligned self-attention (no cache, no dropout): kernels/attention.py."""
+    from jaxmodels.kernels import attention as attn
+
+    kwargs = dict(causal=causal, window=window, softcap=softcap, scale=scale)
+    if choice("attention") == "pallas":
+        return attn.flash_attention(q_BTHD, k_BSKD, v_BSKD, interpret=interpret(), **kwargs)
+    return attn.attention_xla(q_BTHD, k_BSKD, v_BSKD, **kwargs)
