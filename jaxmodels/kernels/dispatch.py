@@ -100,3 +100,14 @@ def attention(q_BTHD, k_BSKD, v_BSKD, *, causal: bool = True, window=None, softc
     if choice("attention") == "pallas":
         return attn.flash_attention(q_BTHD, k_BSKD, v_BSKD, interpret=interpret(), **kwargs)
     return attn.attention_xla(q_BTHD, k_BSKD, v_BSKD, **kwargs)
+
+
+def norm(x, weight_C=None, bias_C=None, *, kind: str = "layer", eps: float = 1e-5, shift_BC=None,
+         scale_BC=None, dtype=None):
+    """LayerNorm / RMSNorm with optional adaLN modulate: kernels/norms.py."""
+    from jaxmodels.kernels import norms
+
+    kwargs = dict(kind=kind, eps=eps, shift_BC=shift_BC, scale_BC=scale_BC, dtype=dtype)
+    if choice("norm") == "pallas":
+        return norms.norm_pallas(x, weight_C, bias_C, interpret=interpret(), **kwargs)
+    return norms.norm_xla(x, weight_C, bias_C, **kwargs)
