@@ -111,3 +111,12 @@ def norm(x, weight_C=None, bias_C=None, *, kind: str = "layer", eps: float = 1e-
     if choice("norm") == "pallas":
         return norms.norm_pallas(x, weight_C, bias_C, interpret=interpret(), **kwargs)
     return norms.norm_xla(x, weight_C, bias_C, **kwargs)
+
+
+def nf4_matmul(x, q, shape, dtype):
+    """x @ W with W stored as NF4 (QLoRA's frozen base): kernels/nf4_matmul.py."""
+    from jaxmodels.kernels import nf4_matmul as nf4
+
+    if choice("nf4_matmul") == "pallas" and nf4.supported(shape):
+        return nf4.nf4_matmul_pallas(x, q, shape, dtype, interpret=interpret())
+    return nf4.nf4_matmul_xla(x, q, shape, dtype)
