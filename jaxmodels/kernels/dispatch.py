@@ -12,6 +12,11 @@ Config (`kernels` section of every config, jaxmodels/train/defaults.py):
 - "auto": Pallas on a GPU for the ops in PALLAS_FASTER_ON_GPU (the ops whose kernel was
   measured faster than the XLA form there by benchmarks/gpu_kernels.py), the XLA form
   everywhere else. The set is empty until a GPU run has measured it.
+  cross_entropy on a CPU is the exception: "auto" there is "dense". The chunked form
+  recomputes each chunk's logits in the backward pass (4 head matmuls instead of 3) and
+  measured 1.15-1.3x slower for the head alone and 1.2x for a vocabulary-heavy train step
+  (BENCHMARKS.md, "Chunked cross-entropy"); a CPU has the memory. Configs that need the
+  memory (gpt2_124m.py) set kernels.cross_entropy="xla" themselves.
 
 `configure(cfg.kernels)` is called when a task is built (jaxmodels.tasks.build_task); the
 choice is read when a function is traced, so set it before jitting.
@@ -70,7 +75,11 @@ def choice(op: str) -> str:
     mode = _settings.get(op, "auto")
     if mode != "auto":
         return mode
-    return "pallas" if on_gpu() and op in PALLAS_FASTER_ON_GPU else "xla"
+    if on_gpu() and op in PALLAS_FASTER_ON_GPU:
+        return "pallas"
+    if op == "cross_entropy" and jax.default_backend() == "cpu":
+        return "dense"
+    return "xla"
 
 
 def interpret() -> bool:
