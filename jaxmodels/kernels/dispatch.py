@@ -129,3 +129,13 @@ def nf4_matmul(x, q, shape, dtype):
     if choice("nf4_matmul") == "pallas" and nf4.supported(shape):
         return nf4.nf4_matmul_pallas(x, q, shape, dtype, interpret=interpret())
     return nf4.nf4_matmul_xla(x, q, shape, dtype)
+
+
+def selective_scan(x_BTE, dt_BTE, A_EN, B_BTN, C_BTN, h0_BEN, *, mode: str = "sequential", chunk: int = 64):
+    """Mamba's selective scan -> (y_BTE, h_last_BEN): kernels/selective_scan.py. `mode` and
+    `chunk` are the XLA form's (jaxmodels.scan modes); the kernel uses its own time chunks."""
+    from jaxmodels.kernels import selective_scan as ss
+
+    if choice("selective_scan") == "pallas" and x_BTE.shape[-1] % min(64, x_BTE.shape[-1]) == 0:
+        return ss.selective_scan_pallas(x_BTE, dt_BTE, A_EN, B_BTN, C_BTN, h0_BEN, interpret=interpret())
+    return ss.selective_scan_xla(x_BTE, dt_BTE, A_EN, B_BTN, C_BTN, h0_BEN, mode=mode, chunk=chunk)
