@@ -139,3 +139,13 @@ def selective_scan(x_BTE, dt_BTE, A_EN, B_BTN, C_BTN, h0_BEN, *, mode: str = "se
     if choice("selective_scan") == "pallas" and x_BTE.shape[-1] % min(64, x_BTE.shape[-1]) == 0:
         return ss.selective_scan_pallas(x_BTE, dt_BTE, A_EN, B_BTN, C_BTN, h0_BEN, interpret=interpret())
     return ss.selective_scan_xla(x_BTE, dt_BTE, A_EN, B_BTN, C_BTN, h0_BEN, mode=mode, chunk=chunk)
+
+
+def rwkv7_wkv(r, w, k, v, alpha, beta, S0, *, chunk: int = 16, recurrent: bool = False):
+    """RWKV-7's WKV state update -> (y, S_T): kernels/rwkv7.py. `chunk` / `recurrent` pick
+    the XLA form (models/rwkv7.py's chunked closed form or its step-by-step scan)."""
+    from jaxmodels.kernels import rwkv7
+
+    if choice("rwkv7") == "pallas":
+        return rwkv7.wkv7_pallas(r, w, k, v, alpha, beta, S0, interpret=interpret())
+    return rwkv7.wkv7_xla(r, w, k, v, alpha, beta, S0, chunk=chunk, recurrent=recurrent)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
+from jaxmodels.kernels import dispatch
 from jaxmodels.layers.dense import Dense, linear
 from jaxmodels.layers.headnorm import HeadNorm
 from jaxmodels.layers.lm_head import lm_head
@@ -294,10 +295,9 @@ class TimeMix(nn.Module):
         r_h, k_h, v_h, a_h = heads(r), heads(k32), heads(v32), heads(a)
         S0 = jnp.zeros((B, H, N, N), jnp.float32) if state is None else state["S"]
         wkv_args = (r_h, jnp.exp(heads(log_w)), k_h, v_h, -kk, kk * a_h, S0)
-        if cfg.wkv_mode == "recurrent":
-            y, S = wkv7_recurrent(*wkv_args)
-        else:
-            y, S = wkv7_chunked(*wkv_args, cfg.chunk_size)
+        # wkv7_chunked / wkv7_recurrent below, or the Pallas kernel with config
+        # kernels.rwkv7=pallas (kernels/rwkv7.py).
+        y, S = dispatch.rwkv7_wkv(*wkv_args, chunk=cfg.chunk_size, recurrent=cfg.wkv_mode == "recurrent")
         y = y.transpose(0, 2, 1, 3)                               # [B, T, H, N]
         ln_x = HeadNorm(kind="layer", eps=cfg.group_norm_eps, dtype=jnp.float32, name="ln_x",
                         scale_init=lambda _k, s, d=jnp.float32: _layer_init(layer_id, cfg, "ln_x", s[0]))
