@@ -79,9 +79,13 @@ def test_vocab_chunks_prefers_divisors():
     assert n * k >= 211 and k <= 48 + 5
 
 
+SLOW = pytest.mark.slow  # 30-50 s each on 2 busy cores; the head swap is one line per family
+
+
 @pytest.mark.parametrize("spec", [
-    "configs/gpt2_124m.py:smoke", "configs/llama_lora_tiny.py:smoke", "configs/mamba_130m.py:smoke",
-    "configs/rwkv4_169m.py:smoke", "configs/rwkv7_l12_d768.py:smoke", "configs/retnet_base.py:smoke"])
+    "configs/gpt2_124m.py:smoke", "configs/llama_lora_tiny.py:smoke",
+    pytest.param("configs/mamba_130m.py:smoke", marks=SLOW), pytest.param("configs/rwkv4_169m.py:smoke", marks=SLOW),
+    pytest.param("configs/rwkv7_l12_d768.py:smoke", marks=SLOW), pytest.param("configs/retnet_base.py:smoke", marks=SLOW)])
 def test_head_loss_equals_full_logits_loss(spec):
     """Every causal family: the loss from its head inputs (chunked cross-entropy) equals the
     loss from its logits, value and gradients."""

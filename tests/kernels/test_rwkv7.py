@@ -39,6 +39,7 @@ def test_wkv7_matches_reference(reference):
         np.testing.assert_allclose(got, want, atol=tol * scale)
 
 
+@pytest.mark.slow  # ~70 s on 2 busy cores (the interpreted kernel inside a 2-layer model)
 def test_rwkv7_model_with_pallas_wkv_matches_default():
     """kernels.rwkv7=pallas: a tiny RWKV-7 gives the same logits and gradients."""
     from jaxmodels.config import load_config
