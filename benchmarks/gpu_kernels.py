@@ -25,7 +25,6 @@ import traceback
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks.common import machine, markdown_table, write_results
 from jaxmodels.kernels import attention as attn

@@ -212,7 +212,8 @@ def _fwd_kernel(h_ref, w_ref, b_ref, t_ref, nll_ref, lse_ref, correct_ref, *, V,
         m_new = jnp.maximum(m, cmax)
         s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=-1)
         tgt = tgt + jnp.sum(jnp.where(col[None, :] == t[:, None], logits, 0.0), axis=-1)
-        carg = j * bv + jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        # First column holding the tile's max (argmax by max/min reductions: Triton-friendly).
+        carg = jnp.min(jnp.where(logits == cmax[:, None], col[None, :], jnp.iinfo(jnp.int32).max), axis=-1)
         better = cmax > best
         return m_new, s, tgt, jnp.where(better, cmax, best), jnp.where(better, carg, arg)
 
