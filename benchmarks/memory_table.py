@@ -28,7 +28,9 @@ from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine, markdown_table, w
 # `--config.model.size=S` plus every field of SIZES[S] the config's model section lists:
 # LM configs built with `model_section` list every field, so `model.size` alone changes nothing.
 ROWS = [
-    ("GPT-2 124M, micro-batch 8 x 1024, bf16", "configs/gpt2_124m.py", []),
+    ("GPT-2 124M, micro-batch 8 x 1024, bf16, full-logits loss (the recipe before issue #14)", "configs/gpt2_124m.py",
+     ["train.micro_batches=64", "kernels.cross_entropy=dense"]),
+    ("GPT-2 124M, micro-batch 16 x 1024, bf16, chunked loss (the config's default)", "configs/gpt2_124m.py", []),
     ("DiT-S/2, 32x32x3 pixels, batch 128 (dit_small)", "configs/dit_small.py", ["model.size=dit-s/2"]),
     ("DiT-S/2, 32x32x4 latents, batch 256, remat", "configs/dit_b2.py", ["model.size=dit-s/2", "train.micro_batches=1"]),
     ("DiT-B/2, 32x32x4 latents, batch 256, remat", "configs/dit_b2.py", ["train.micro_batches=1"]),

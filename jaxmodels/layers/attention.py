@@ -15,6 +15,8 @@ reference the tests compare against. On XLA:CPU the einsum path is also the fast
 since it lays q/k/v out head-major before the batched matmuls: nanoGPT's shakespeare_char
 attention (64x256x6x64, fwd + bwd) took 223 ms against 330 ms through
 jax.nn.dot_product_attention, so `implementation=None` on a CPU backend means einsum.
+With config `kernels.attention=pallas` the aligned, dropout-free case runs the Pallas flash
+attention of jaxmodels/kernels/attention.py instead.
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ def attention(
     """
     T, S = q_BTHD.shape[1], k_BSKD.shape[1]
     use_dropout = dropout_rate > 0.0 and dropout_rng is not None
+    if implementation is None and not use_dropout and q_offset is None and kv_len is None:
+        from jaxmodels.kernels import dispatch
+        if dispatch.choice("attention") == "pallas":  # config kernels.attention: flash attention
+            return dispatch.attention(q_BTHD, k_BSKD, v_BSKD, causal=causal, window=window, scale=scale)
     if implementation is None and jax.default_backend() == "cpu":
         implementation = "einsum"
     if use_dropout or implementation == "einsum":
@@ -90,12 +96,14 @@ def attention_mask(T: int, S: int, *, causal: bool = True, q_offset: Optional[ja
 
 def attention_einsum(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
                      mask_TS: Optional[jax.Array] = None, *, scale: Optional[float] = None,
-                     dropout_rate: float = 0.0, dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+                     dropout_rate: float = 0.0, dropout_rng: Optional[jax.Array] = None,
+                     softcap: float = 0.0) -> jax.Array:
     """softmax(q k^T * scale + mask) v written out with einsums; logits and softmax in f32.
 
     Grouped-query attention: the H query heads are split into K groups of G = H / K that
     share one key/value head. mask_TS: True where visible, [T, S] or any shape that
     broadcasts to [B, K, G, T, S] (e.g. a per-example key mask [B, 1, 1, 1, S]).
+    softcap > 0 caps the scaled logits: softcap * tanh(logits / softcap) (Gemma 2).
     Returns out_BTHD in q's dtype.
     """
     B, T, H, D = q_BTHD.shape
@@ -112,6 +120,8 @@ def attention_einsum(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
     v_BKSD = v_BSKD.transpose(0, 2, 1, 3)
     logits_BKMS = jnp.einsum("bkmd,bksd->bkms", q_BKMD, k_BKSD,
                              preferred_element_type=jnp.float32) * scale
+    if softcap:
+        logits_BKMS = softcap * jnp.tanh(logits_BKMS / softcap)
     if mask_TS is not None:
         if mask_TS.ndim == 2:
             mask = jnp.tile(mask_TS, (G, 1)) if G > 1 else mask_TS

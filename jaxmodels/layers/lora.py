@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.kernels import dispatch
 from jaxmodels.layers import quant
 from jaxmodels.layers.dense import linear
 from jaxmodels.layers.dropout import Dropout
@@ -67,7 +68,7 @@ class LoRADense(nn.Module):
         if self.quant == "nf4":
             q = self.param("kernel_nf4", lambda key: quant.nf4_quantize(self.kernel_init(key, shape, jnp.float32)))
             q = jax.lax.stop_gradient(q)
-            y = quant.nf4_matmul(x, q, shape, self.dtype)
+            y = dispatch.nf4_matmul(x, q, shape, self.dtype)  # config kernels.nf4_matmul
         else:
             kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
             if frozen:

@@ -15,6 +15,12 @@ import jax.numpy as jnp
 Initializer = Callable[..., jax.Array]
 
 
+def _fused() -> bool:
+    """Whether config kernels.norm picked the fused Pallas norm (kernels/dispatch.py)."""
+    from jaxmodels.kernels import dispatch
+    return dispatch.choice("norm") == "pallas"
+
+
 class LayerNorm(nn.Module):
     """y = (x - mean) / sqrt(var + eps) * scale + bias over the last axis.
 
@@ -31,11 +37,16 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dtype = self.dtype or x.dtype
+        features = x.shape[-1]
+        if _fused():  # config kernels.norm=pallas: jaxmodels/kernels/norms.py, same math
+            from jaxmodels.kernels import dispatch
+            scale = self.param("scale", self.scale_init, (features,), jnp.float32) if self.use_scale else None
+            bias = self.param("bias", self.bias_init, (features,), jnp.float32) if self.use_bias else None
+            return dispatch.norm(x, scale, bias, kind="layer", eps=self.eps, dtype=out_dtype)
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        features = x.shape[-1]
         if self.use_scale:
             y = y * self.param("scale", self.scale_init, (features,), jnp.float32)
         if self.use_bias:
@@ -56,6 +67,10 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dtype = self.dtype or x.dtype
+        if _fused():
+            from jaxmodels.kernels import dispatch
+            scale = self.param("scale", self.scale_init, (x.shape[-1],), jnp.float32)
+            return dispatch.norm(x, scale, kind="rms", eps=self.eps, dtype=out_dtype)
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
         y = y * self.param("scale", self.scale_init, (x.shape[-1],), jnp.float32)

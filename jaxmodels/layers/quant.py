@@ -12,7 +12,8 @@ Memory per weight: 4 bits + 8/64 bits (scales) + 32/(64*256) bits (scale absmaxe
 = 0.5 byte + 0.127 bit.
 
 The frozen weight is de-quantised on the fly inside the matmul (`nf4_matmul`): an XLA
-reference that fuses gather + scale + dot; a Pallas kernel is later work.
+reference that fuses gather + scale + dot; jaxmodels/kernels/nf4_matmul.py has the Pallas
+kernel that de-quantises tile by tile (config kernels.nf4_matmul=pallas).
 
 Every function takes `xp` (numpy or jax.numpy) so a converter can quantise on the host
 tensor by tensor while `init` quantises under jit.

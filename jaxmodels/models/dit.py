@@ -37,7 +37,6 @@ from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.embeddings import TimestepEmbedder, sincos_2d
 from jaxmodels.layers.mha import MultiHeadAttention
 from jaxmodels.layers.mlp import GeluMLP
-from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import remat_block, scan_blocks
 
 XAVIER = nn.initializers.xavier_uniform()
@@ -99,9 +98,13 @@ SIZES["pixart-xl/2"] = dict(input_size=32, patch_size=2, in_channels=4, conditio
 CONDITIONINGS = ("class", "text", "none")
 
 
-def modulate(x_BTD: jax.Array, shift_BD: jax.Array, scale_BD: jax.Array) -> jax.Array:
-    """adaLN: x * (1 + scale) + shift, per example."""
-    return x_BTD * (1.0 + scale_BD[:, None, :]) + shift_BD[:, None, :]
+def norm_modulate(x_BTD: jax.Array, shift_BD: jax.Array, scale_BD: jax.Array, dtype) -> jax.Array:
+    """adaLN: LayerNorm(x) * (1 + scale) + shift per example, with DiT's parameter-free
+    LayerNorm (eps 1e-6; the modulate in the activation dtype), through
+    kernels.dispatch.norm: the same jnp ops by default, one fused Pallas kernel with
+    config kernels.norm=pallas."""
+    from jaxmodels.kernels import dispatch
+    return dispatch.norm(x_BTD, kind="layer", eps=1e-6, shift_BC=shift_BD, scale_BC=scale_BD, dtype=dtype)
 
 
 class DiTBlock(nn.Module):
@@ -128,14 +131,12 @@ class DiTBlock(nn.Module):
             mod_N6D = mod.reshape(N, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = [
             mod_N6D[:, i].astype(self.dtype) for i in range(6)]
-        norm = lambda name: LayerNorm(eps=1e-6, use_scale=False, use_bias=False,  # noqa: E731
-                                      dtype=self.dtype, name=name)
-        h = modulate(norm("norm1")(x), shift_msa, scale_msa)
+        h = norm_modulate(x, shift_msa, scale_msa, self.dtype)
         x = x + gate_msa[:, None] * MultiHeadAttention(self.num_heads, dtype=self.dtype, name="attn")(h)
         if self.text:
             x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, out_init=ZEROS,
                                        name="cross_attn")(x, context_BSE=y, mask_BS=y_mask)
-        h = modulate(norm("norm2")(x), shift_mlp, scale_mlp)
+        h = norm_modulate(x, shift_mlp, scale_mlp, self.dtype)
         h = GeluMLP(hidden=int(D * self.mlp_ratio), gelu="tanh", dtype=self.dtype,
                     kernel_init=XAVIER, name="mlp")(h)
         return x + gate_mlp[:, None] * h, None
@@ -209,8 +210,7 @@ class DiT(nn.Module):
             mod_N2D = Dense(2 * D, dtype=dtype, kernel_init=ZEROS, bias_init=ZEROS,
                             name="final_adaLN_modulation")(nn.silu(c)).reshape(N, 2, D)
         shift, scale = mod_N2D[:, 0].astype(dtype), mod_N2D[:, 1].astype(dtype)
-        x = modulate(LayerNorm(eps=1e-6, use_scale=False, use_bias=False, dtype=dtype,
-                               name="final_norm")(x), shift, scale)
+        x = norm_modulate(x, shift, scale, dtype)
         out_c = C * 2 if cfg.learn_sigma else C
         x = Dense(p * p * out_c, dtype=dtype, kernel_init=ZEROS, bias_init=ZEROS,
                   name="final_linear")(x)

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
-from jaxmodels.layers.dense import Dense, project_out
+from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.dropout import Dropout
+from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.mlp import GELU_KINDS, GeluMLP
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
@@ -158,8 +159,10 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
-                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
-        """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state)."""
+                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
+                 head_input: bool = False):
+        """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state).
+        head_input=True: a layers.lm_head.HeadInput in place of the logits."""
         cfg = self.cfg
         B, T = tokens_BT.shape
         C = cfg.n_embd
@@ -184,7 +187,7 @@ class GPT(nn.Module):
         x_BTC = LayerNorm(use_bias=cfg.bias, dtype=cfg.compute_dtype, name="ln_f")(x_BTC)
         # Tied head; logits accumulate in f32 whatever the compute dtype.
         dtype = cfg.compute_dtype
-        logits_BTV = project_out(x_BTC, wte_VC, dtype)
+        logits_BTV = lm_head(x_BTC, wte_VC, dtype, head_input=head_input)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

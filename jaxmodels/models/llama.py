@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
-from jaxmodels.layers.dense import project_out
+from jaxmodels.layers.lm_head import HeadInput, lm_head
 from jaxmodels.layers.lora import QUANT_KINDS, LoRADense, lora_trainable_mask
 from jaxmodels.layers.mlp import SwiGLUMLP
 from jaxmodels.layers.norms import RMSNorm
@@ -229,8 +229,11 @@ class Llama(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
-                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
-        """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state)."""
+                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
+                 head_input: bool = False):
+        """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state).
+        head_input=True: a layers.lm_head.HeadInput in place of the logits (logits all the
+        same when the head carries a LoRA adapter, which no single weight matrix describes)."""
         cfg = self.cfg
         dtype = cfg.compute_dtype
         frozen = cfg.lora_rank > 0
@@ -252,15 +255,22 @@ class Llama(nn.Module):
             x_BTD, decode_state = blocks(x_BTD, decode_state, start)
         x_BTD = RMSNorm(eps=cfg.norm_eps, dtype=dtype, name="norm")(x_BTD)
         if cfg.tie_embeddings:
-            logits_BTV = project_out(x_BTD, embed_VD, dtype)
+            logits_BTV = lm_head(x_BTD, embed_VD, dtype, head_input=head_input)
         else:
             # The head stays f32-stored (never NF4): it is small next to the blocks and
             # quantising it costs the most quality.
             head = _dense(cfg, "head", not train, quantize=False)(
                 cfg.vocab_size, use_bias=False, dtype=dtype,
                 kernel_init=nn.initializers.normal(cfg.init_std), name="lm_head")
-            logits_BTV = head(x_BTD)
-        logits_BTV = logits_BTV.astype(jnp.float32)
+            lora_head = cfg.lora_rank > 0 and "head" in cfg.lora_targets
+            if head_input and not lora_head and not self.is_initializing():
+                kernel_DV = self.variables["params"]["lm_head"]["kernel"]
+                kernel_DV = jax.lax.stop_gradient(kernel_DV) if frozen else kernel_DV
+                logits_BTV = lm_head(x_BTD, kernel_DV.T, dtype, head_input=True)
+            else:
+                logits_BTV = head(x_BTD)
+        if not isinstance(logits_BTV, HeadInput):
+            logits_BTV = logits_BTV.astype(jnp.float32)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

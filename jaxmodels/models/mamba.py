@@ -30,7 +30,9 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import check_choice
-from jaxmodels.layers.dense import Dense, project_out
+from jaxmodels.kernels import dispatch
+from jaxmodels.layers.dense import Dense
+from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 
@@ -192,17 +194,11 @@ class MambaMixer(nn.Module):
         A_EN = -jnp.exp(self.param("A_log", _a_log_init, (E, N), jnp.float32))
         D_E = self.param("D", nn.initializers.ones, (E,), jnp.float32)
 
-        def make_ab(xs):
-            dt, Bm, _, x = xs
-            return (jnp.exp(dt[..., None] * A_EN),
-                    (dt * x.astype(jnp.float32))[..., None] * Bm.astype(jnp.float32)[:, :, None, :])
-
-        def readout(h_BTEN, xs):
-            return jnp.einsum("bten,btn->bte", h_BTEN, xs[2].astype(jnp.float32))
-
+        # h_t = exp(dt A) h_{t-1} + dt x B_t, y_t = h_t C_t: jaxmodels.scan's fused_scan, or the
+        # Pallas kernel with config kernels.selective_scan=pallas (kernels/selective_scan.py).
         h0_BEN = jnp.zeros((B, E, N), jnp.float32) if state is None else state["ssm"]
-        y_BTE, h_last = scan.fused_scan(make_ab, readout, (dt_BTE, B_BTN, C_BTN, x_BTE), h0_BEN,
-                                        mode=cfg.scan_mode, chunk=cfg.scan_chunk)
+        y_BTE, h_last = dispatch.selective_scan(x_BTE, dt_BTE, A_EN, B_BTN, C_BTN, h0_BEN,
+                                                mode=cfg.scan_mode, chunk=cfg.scan_chunk)
         y_BTE = y_BTE + x_BTE.astype(jnp.float32) * D_E
         y_BTE = (y_BTE * nn.silu(z_BTE.astype(jnp.float32))).astype(dtype)
         out_init = _scaled(lin, 1 / math.sqrt(cfg.n_layer)) if cfg.rescale_prenorm_residual else lin
@@ -230,7 +226,8 @@ class Mamba(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
-                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
+                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
+                 head_input: bool = False):
         """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state).
 
         Logits cover the padded vocabulary (mamba_ssm); `pos` is unused (no positions).
@@ -251,7 +248,7 @@ class Mamba(nn.Module):
             head_VD = emb_VD
         else:
             head_VD = self.param("lm_head", torch_linear_init(), (V, D), jnp.float32)
-        logits_BTV = project_out(x_BTD, head_VD, dtype)
+        logits_BTV = lm_head(x_BTD, head_VD, dtype, head_input=head_input)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

@@ -32,8 +32,9 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import ConfigError, check_choice
-from jaxmodels.layers.dense import Dense, project_out
+from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.headnorm import HeadNorm
+from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.mlp import SwiGLUMLP
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
@@ -236,7 +237,8 @@ class RetNet(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
-                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
+                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
+                 head_input: bool = False):
         """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state)."""
         cfg = self.cfg
         V, D = cfg.vocab_size, cfg.d_model
@@ -259,7 +261,7 @@ class RetNet(nn.Module):
             decode_state = {"S": S}
         x_BTD = RMSNorm(eps=cfg.norm_eps, dtype=dtype, name="norm")(x_BTD)
         head_VD = self.param("head", nn.initializers.normal(D ** -0.5), (V, D), jnp.float32)
-        logits_BTV = project_out(x_BTD, head_VD, dtype)
+        logits_BTV = lm_head(x_BTD, head_VD, dtype, head_input=head_input)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

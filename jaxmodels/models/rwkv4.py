@@ -33,7 +33,8 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import check_choice
-from jaxmodels.layers.dense import Dense, project_out
+from jaxmodels.layers.dense import Dense
+from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 from jaxmodels.layers.token_shift import lerp, token_shift
@@ -206,7 +207,8 @@ class RWKV4(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
-                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
+                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
+                 head_input: bool = False):
         """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state).
 
         `pos` is unused: RWKV has no positions, the state carries everything.
@@ -227,7 +229,7 @@ class RWKV4(nn.Module):
             x_BTD, decode_state = blocks(x_BTD, layer_ids, decode_state)
         x_BTD = LayerNorm(eps=cfg.norm_eps, dtype=dtype, name="ln_out")(x_BTD)
         head_VD = self.param("head", orthogonal(0.5 * _gain(D, V)), (V, D), jnp.float32)
-        logits_BTV = project_out(x_BTD, head_VD, dtype)
+        logits_BTV = lm_head(x_BTD, head_VD, dtype, head_input=head_input)
         if decode_state is None:
             return logits_BTV
         return logits_BTV, decode_state

@@ -34,8 +34,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
-from jaxmodels.layers.dense import Dense, linear, project_out
+from jaxmodels.kernels import dispatch
+from jaxmodels.layers.dense import Dense, linear
 from jaxmodels.layers.headnorm import HeadNorm
+from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
 from jaxmodels.layers.token_shift import token_shift
@@ -293,10 +295,9 @@ class TimeMix(nn.Module):
         r_h, k_h, v_h, a_h = heads(r), heads(k32), heads(v32), heads(a)
         S0 = jnp.zeros((B, H, N, N), jnp.float32) if state is None else state["S"]
         wkv_args = (r_h, jnp.exp(heads(log_w)), k_h, v_h, -kk, kk * a_h, S0)
-        if cfg.wkv_mode == "recurrent":
-            y, S = wkv7_recurrent(*wkv_args)
-        else:
-            y, S = wkv7_chunked(*wkv_args, cfg.chunk_size)
+        # wkv7_chunked / wkv7_recurrent below, or the Pallas kernel with config
+        # kernels.rwkv7=pallas (kernels/rwkv7.py).
+        y, S = dispatch.rwkv7_wkv(*wkv_args, chunk=cfg.chunk_size, recurrent=cfg.wkv_mode == "recurrent")
         y = y.transpose(0, 2, 1, 3)                               # [B, T, H, N]
         ln_x = HeadNorm(kind="layer", eps=cfg.group_norm_eps, dtype=jnp.float32, name="ln_x",
                         scale_init=lambda _k, s, d=jnp.float32: _layer_init(layer_id, cfg, "ln_x", s[0]))
@@ -350,7 +351,8 @@ class RWKV7(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
-                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
+                 decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
+                 head_input: bool = False):
         """tokens_BT int32 -> logits_BTV f32; with decode_state -> (logits, new_state). `pos` unused."""
         cfg = self.cfg
         V, C, L = cfg.vocab_size, cfg.d_model, cfg.n_layer
@@ -368,7 +370,7 @@ class RWKV7(nn.Module):
         x_BTC = LayerNorm(eps=cfg.norm_eps, dtype=dtype, name="ln_out")(x_BTC)
         gain = 0.5 * math.sqrt(V / C) if V > C else 0.5
         head_VC = self.param("head", _orthogonal(gain), (V, C), jnp.float32)
-        logits = project_out(x_BTC, head_VC, dtype)
+        logits = lm_head(x_BTC, head_VC, dtype, head_input=head_input)
         if decode_state is None:
             return logits
         return logits, decode_state

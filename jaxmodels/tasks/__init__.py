@@ -37,4 +37,6 @@ def build_task(cfg: ml_collections.ConfigDict):
     """Builds the task (and through it the model) described by the whole experiment config."""
     if "task" not in cfg or "name" not in cfg.task:
         raise ConfigError(f"config needs task.name; valid: {', '.join(sorted(TASKS))}")
+    from jaxmodels.kernels import dispatch
+    dispatch.configure(cfg.get("kernels", None))  # which implementation each hot op runs
     return task_class(cfg.task.name)(cfg)

@@ -20,6 +20,7 @@ import numpy as np
 from jaxmodels.config import ConfigError
 from jaxmodels.data.sort import SortSource
 from jaxmodels.data.text import lm_dataset, load_splits, seq_len_of, text_dataset
+from jaxmodels.layers.lm_head import HeadInput
 from jaxmodels.models import build_model
 from jaxmodels.tasks.base import PyTree, Task
 
@@ -79,6 +80,22 @@ def token_cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array,
     correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
     accuracy = jnp.sum(correct_BT * mask_BT) / denom
     return loss, {"weight": weight, "accuracy": accuracy}
+
+
+def head_cross_entropy(head: HeadInput, targets_BT: jax.Array,
+                       mask_BT: jax.Array) -> tuple[jax.Array, dict]:
+    """token_cross_entropy from the LM head's inputs, through kernels.cross_entropy
+    (chunked over the vocabulary by default: the logits are never all held at once)."""
+    from jaxmodels.kernels import dispatch
+
+    C = head.hidden.shape[-1]
+    nll_N, correct_N = dispatch.cross_entropy(
+        head.hidden.reshape(-1, C), head.weight_VC, targets_BT.reshape(-1), bias_V=head.bias_V,
+        softcap=head.softcap, dtype=head.dtype)
+    mask_N = mask_BT.reshape(-1).astype(jnp.float32)
+    weight = jnp.sum(mask_N)
+    denom = jnp.maximum(weight, 1.0)
+    return jnp.sum(nll_N * mask_N) / denom, {"weight": weight, "accuracy": jnp.sum(correct_N * mask_N) / denom}
 
 
 def _cfg_get(section: Any, key: str, default: Any) -> Any:
@@ -198,15 +215,30 @@ class LMTask(Task):
         return self.model.init({"params": rng}, tokens)["params"]
 
     def logits(self, params: PyTree, tokens_BT: jax.Array, rng: Optional[jax.Array] = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, **kwargs) -> jax.Array:
         if train:
-            return self.model.apply({"params": params}, tokens_BT, train=True, rngs={"dropout": rng})
-        return self.model.apply({"params": params}, tokens_BT)
+            return self.model.apply({"params": params}, tokens_BT, train=True, rngs={"dropout": rng}, **kwargs)
+        return self.model.apply({"params": params}, tokens_BT, **kwargs)
+
+    def head_input_supported(self) -> bool:
+        """Whether the loss goes through kernels.cross_entropy: the family can return its
+        head inputs (layers/lm_head.py) and kernels.cross_entropy is not "dense"."""
+        import inspect
+
+        from jaxmodels.kernels import dispatch
+
+        takes = "head_input" in inspect.signature(type(self.model).__call__).parameters
+        return takes and dispatch.choice("cross_entropy") != "dense"
 
     def loss(self, params: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array,
              train: bool = True) -> tuple[jax.Array, dict]:
-        logits_BTV = self.logits(params, batch["inputs"], rng, train)
-        return token_cross_entropy(logits_BTV, batch["targets"], batch["mask"])
+        if self.head_input_supported():
+            out = self.logits(params, batch["inputs"], rng, train, head_input=True)
+            if isinstance(out, HeadInput):  # else the family gave logits (e.g. a LoRA head)
+                return head_cross_entropy(out, batch["targets"], batch["mask"])
+        else:
+            out = self.logits(params, batch["inputs"], rng, train)
+        return token_cross_entropy(out, batch["targets"], batch["mask"])
 
     def units_per_example(self, batch: Optional[Mapping[str, Any]] = None) -> float:
         return float(self.seq_len)

@@ -52,6 +52,11 @@ def base_config() -> ml_collections.ConfigDict:
         budget_gb=12.0,         # XLA allocator cap on GPU and the fit check before step 0
         check=True,
     ))
+    # Implementation per hot op (jaxmodels/kernels/dispatch.py): "auto" | "pallas" | "xla";
+    # cross_entropy also "dense" (full logits). auto: the XLA form unless Pallas is faster here.
+    c.kernels = ml_collections.ConfigDict(dict(
+        attention="auto", cross_entropy="auto", norm="auto", selective_scan="auto", rwkv7="auto",
+        nf4_matmul="auto"))
     c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: all devices on the data axis
     c.init_from = ""            # pretrained checkpoint: a launch.convert output or HF folder
     return c
