@@ -17,6 +17,9 @@ Causal LMs (gpt, llama, mamba, rwkv4, rwkv7, retnet, ...) follow one calling con
   model.apply({"params": p}, tokens_BS, decode_state=s, pos=pos) -> (logits_BSV, new_s)
       tokens_BS are the S tokens at absolute positions pos .. pos+S-1 (S = prompt length
       for prefill, 1 per decode step); pos is a scalar int32 array.
+  model.max_context                                       -> int, only on models that read a
+      bounded context (learned positions: GPT's block_size; LLaMA's max_len); generation
+      past it slides the window (jaxmodels/generate.py). Recurrent models have none.
 Diffusion backbones: model.apply({"params": p}, x_t, t, cond, train=False) -> prediction.
 """
 from __future__ import annotations
