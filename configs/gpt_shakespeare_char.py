@@ -2,10 +2,10 @@
 
     # the full run (6 layers, 6 heads, 384 wide, block 256; ~5000 steps; a GPU job):
     python -m launch.train --config configs/gpt_shakespeare_char.py \
-        --config.data.path=../shared/data/tinyshakespeare.txt
+        --config.data.path=tinyshakespeare.txt
     # nanoGPT README's CPU "baby GPT" (4/4/128, block 64, batch 12, 200 steps):
     python -m launch.train --config configs/gpt_shakespeare_char.py:baby \
-        --config.data.path=../shared/data/tinyshakespeare.txt
+        --config.data.path=tinyshakespeare.txt
     # no data file needed: the baby GPT on the Python standard library's sources (byte-level)
     python -m launch.train --config configs/gpt_shakespeare_char.py:embedded
     # tiny model, ~20 steps on the embedded corpus (tests)
@@ -27,8 +27,8 @@ VARIANTS = ("baby", "embedded", "smoke")
 
 WHERE_TO_GET_IT = (
     "Get tiny Shakespeare (char-rnn's data/tinyshakespeare/input.txt, 1,115,394 bytes, "
-    "GitHub karpathy/char-rnn) into data/tinyshakespeare.txt, or pass --config.data.path=<its path> "
-    "(in this workspace: ../shared/data/tinyshakespeare.txt). "
+    "GitHub karpathy/char-rnn), e.g. `curl -o data/tinyshakespeare.txt https://raw.githubusercontent.com/"
+    "karpathy/char-rnn/master/data/tinyshakespeare/input.txt`, or pass --config.data.path=<its path>. "
     "To train without it: configs/gpt_shakespeare_char.py:embedded.")
 
 
