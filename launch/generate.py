@@ -3,6 +3,10 @@
     python -m launch.generate --workdir runs/shakespeare --prompt "ROMEO:" --max_new_tokens 200
     python -m launch.generate --workdir runs/x --prompt "Once" --temperature 0.8 --top_k 40
     python -m launch.generate --workdir runs/x --prompt "Once" --greedy
+
+Models with learned positions (GPT) or a trained context (LLaMA) read at most their last
+block_size / max_len tokens: longer generations slide the window (as nanoGPT's generate
+does); recurrent models (Mamba, RWKV, RetNet) carry their state to any length.
 """
 from __future__ import annotations
 
@@ -26,31 +30,45 @@ def main(argv=None) -> int:
     parser.add_argument("--no_ema", action="store_true", help="use the raw params even if an EMA exists")
     args = parser.parse_args(argv)
 
+    from jaxmodels.config import ConfigError
+    from launch._runs import require_run
+    try:
+        out, tokenizer = _generate(args, require_run(args.workdir))
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import numpy as np
+    for i, row in enumerate(np.asarray(out)):
+        if args.num_samples > 1:
+            print(f"--- sample {i} ---")
+        print(tokenizer.decode(row.tolist()))
+    return 0
+
+
+def _generate(args, workdir: str):
     import jax
     import numpy as np
 
     from jaxmodels.data.tokenizers import build_tokenizer
     from jaxmodels.generate import greedy, sample
     from jaxmodels.models import build_model
-    from jaxmodels.train.checkpoint import load_params
+    from jaxmodels.train import checkpoint
 
-    cfg, params = load_params(args.workdir, use_ema=not args.no_ema)
+    cfg, params = checkpoint.load_params(workdir, use_ema=not args.no_ema)
     model = build_model(cfg.model)
     tokenizer = build_tokenizer(cfg.data)
     ids = tokenizer.encode(args.prompt)
     if not ids:
-        raise SystemExit("the prompt encodes to no tokens; pass a non-empty --prompt")
+        raise ValueError("the prompt encodes to no tokens; pass a non-empty --prompt")
+    if args.max_new_tokens < 0 or args.num_samples < 1:
+        raise ValueError("need --max_new_tokens >= 0 and --num_samples >= 1")
     prompt = np.tile(np.asarray(ids, np.int32)[None], (args.num_samples, 1))
     if args.greedy:
         out = greedy(model, params, prompt, args.max_new_tokens)
     else:
         out = sample(model, params, prompt, args.max_new_tokens, jax.random.key(args.seed),
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    for i, row in enumerate(np.asarray(out)):
-        if args.num_samples > 1:
-            print(f"--- sample {i} ---")
-        print(tokenizer.decode(row.tolist()))
-    return 0
+    return out, tokenizer
 
 
 if __name__ == "__main__":

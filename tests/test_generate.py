@@ -82,7 +82,7 @@ def test_sampling_respects_top_k_and_seed(tiny):
         generate.sample(model, params, prompt, N, jax.random.key(5), top_p=1.5)
 
 
-def test_launch_generate_decodes_checkpoint_params(tiny, monkeypatch, capsys):
+def test_launch_generate_decodes_checkpoint_params(tiny, monkeypatch, capsys, tmp_path):
     """launch.generate wires checkpoint params + tokenizer + greedy together (the checkpoint
     reader is replaced by a stub returning our params; it is tested with the trainer)."""
     import ml_collections
@@ -96,7 +96,8 @@ def test_launch_generate_decodes_checkpoint_params(tiny, monkeypatch, capsys):
     cfg = ml_collections.ConfigDict({"model": TINY, "data": {"tokenizer": "char", "vocab": chars}})
     monkeypatch.setattr(checkpoint, "load_params", lambda workdir, use_ema=True: (cfg, params))
     text = build_tokenizer(cfg.data).decode(np.asarray(prompt[0]).tolist())
-    assert main(["--workdir", "unused", "--prompt", text, "--max_new_tokens", str(N), "--greedy"]) == 0
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)  # what launch.generate looks for first
+    assert main(["--workdir", str(tmp_path), "--prompt", text, "--max_new_tokens", str(N), "--greedy"]) == 0
     expected = generate.greedy(model, params, prompt[:1], N)[0]
     assert capsys.readouterr().out.strip() == build_tokenizer(cfg.data).decode(np.asarray(expected).tolist())
 
@@ -144,3 +145,16 @@ def test_recurrent_models_have_no_context_limit():
     model = build_model(dict(name="mamba", vocab_size=32, d_model=16, n_layer=1, d_state=4))
     assert generate.context_limit(model) is None
     assert generate.plan(5, 300, None) == (5, 300, 0)
+
+
+def test_launch_generate_wrong_workdir_is_one_line_naming_the_run_that_exists(tmp_path, capsys):
+    """README's first mistake: runs/gpt_shakespeare_char when the run is ..._embedded."""
+    from launch.generate import main
+
+    (tmp_path / "runs" / "gpt_shakespeare_char_embedded" / "checkpoints" / "250").mkdir(parents=True)
+    wrong = tmp_path / "runs" / "gpt_shakespeare_char"
+    assert main(["--workdir", str(wrong), "--prompt", "ROMEO:"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"did you mean --workdir {tmp_path / 'runs' / 'gpt_shakespeare_char_embedded'}" in err
+    assert not wrong.exists()  # looking created nothing
