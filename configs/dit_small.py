@@ -42,10 +42,10 @@ def get_config(arg=None):
     c.optim.update(lr=1e-4, min_lr=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.999,
                    weight_decay=0.0, clip_norm=0.0)
     # On a CPU a step takes seconds, so besides every 5000 steps a grid is also sampled every
-    # 30 minutes and a checkpoint saved every 5 (train.checkpoint_minutes); the first
+    # 30 minutes and a checkpoint saved every 3 (train.checkpoint_minutes); the first
     # checkpoint also samples the first grid, so a CPU user sees pictures within minutes.
     c.train.update(steps=100_000, batch_size=128, log_every=10, eval_every=5000, eval_batches=4,
-                   eval_minutes=30.0, checkpoint_every=1000, checkpoint_minutes=5.0,
+                   eval_minutes=30.0, checkpoint_every=1000, checkpoint_minutes=3.0,
                    ema_decay=0.9999, ema_warmup=False)
     # Printed before step 0 when this runs on a CPU (where a step takes seconds).
     c.train.cpu_variant = ("python -m launch.train --config configs/dit_small.py:cpu "

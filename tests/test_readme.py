@@ -140,7 +140,7 @@ TINY: dict[str, Tiny] = {
     "python -m launch.train --config configs/dit_small.py": Tiny((
         f"python -m launch.train --config configs/dit_small.py {QUICK} {TINY_DIT} {SMALLER_DIT_S}",
         "python -c \"import os; assert os.listdir('runs/dit_small/samples'), 'no grid'\"",
-    ), slow=False, expect=("advice: this config is sized for a GPU", "plan: 2 steps", "measured:",
+    ), slow=False, expect=("advice: this config is sized for a GPU", "plan: 2 steps x 4 examples", "measured:",
                            "eval at step 2")),
     "python -m launch.train --config configs/dit_small.py:cpu": Tiny((
         f"python -m launch.train --config configs/dit_small.py:cpu {QUICK} {TINY_DIT} {SMALL_CPU_DIT}",

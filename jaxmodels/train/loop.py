@@ -26,7 +26,7 @@ from jaxmodels.train.build import fresh_state, make_setup
 from jaxmodels.train.checkpoint import (Checkpointer, abstract_with_sharding, check_compatible,
                                         config_to_json, model_signature)
 from jaxmodels.train.metrics import MetricsWriter, truncate_after
-from jaxmodels.train.progress import Reporter, cpu_advice
+from jaxmodels.train.progress import Reporter, cpu_advice, plan_line, saved_steps
 from jaxmodels.train.step import jit_train_step, make_eval_step, make_mesh, make_train_step, shardings
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     advice = cpu_advice(cfg)  # before anything compiles: a CPU user learns at once what to run instead
     if advice:
         print(advice, flush=True)
+    print(plan_line(cfg, task.unit, float(task.units_per_example()), max(saved_steps(workdir), default=0),
+                    workdir), flush=True)
     setup = make_setup(task, cfg)
     mesh = make_mesh(cfg.mesh)
     replicated, split = shardings(mesh)
@@ -165,7 +167,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
     report = Reporter(cfg, task.unit, units_per_batch, bar)
-    report.start(cfg, task, step, workdir)
 
     pending: list = []
     last: dict = {}

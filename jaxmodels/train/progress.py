@@ -2,8 +2,8 @@
 
 - first, on a CPU, the config's advice (`train.cpu_variant`) when the config is sized for a
   GPU: the command of a variant that finishes in minutes;
-- before step 0, a plan line: steps, examples and units (images, tokens) the run will see
-  and where it saves;
+- then, before anything compiles, a plan line: steps, examples and units (images, tokens)
+  the run will see and where it saves;
 - after the first few timed steps, the measured time per step and what the whole run will
   take on this machine;
 - a short line at every log step when the tqdm bar is off (`train.progress=False`, e.g. the
@@ -14,6 +14,7 @@ Lines go through tqdm.write when a bar is shown, so they do not tear it.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Mapping, Optional
@@ -69,6 +70,13 @@ def plan_line(cfg, unit: str, units_per_example: float, start_step: int, workdir
             f"to {workdir}")
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """Steps of the checkpoints in workdir, read from the folder names (no restore): what the
+    plan line says before anything is compiled or restored."""
+    folder = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+
+
 def cpu_advice(cfg) -> Optional[str]:
     """On a CPU, the config's pointer to a variant that finishes in minutes, if it declares one."""
     hint = str(cfg.train.get("cpu_variant", "") or "")
@@ -79,7 +87,7 @@ def cpu_advice(cfg) -> Optional[str]:
 
 
 class Reporter:
-    """Prints the plan, the estimate, log lines (without a bar) and eval metrics."""
+    """Prints the estimate, log lines (without a bar) and eval metrics."""
 
     def __init__(self, cfg, unit: str, units_per_batch: float, bar=None, stream=None):
         self.cfg = cfg
@@ -96,9 +104,6 @@ class Reporter:
             self.bar.write(line, file=self.stream)
         else:
             print(line, file=self.stream, flush=True)
-
-    def start(self, cfg, task, start_step: int, workdir: str) -> None:
-        self.say(plan_line(cfg, task.unit, float(task.units_per_example()), start_step, workdir))
 
     def step_done(self, step: int, metrics) -> None:
         """Call after each step is dispatched (the loop keeps at most one step in flight, so
