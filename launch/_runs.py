@@ -29,8 +29,7 @@ def runs_near(workdir: str) -> list[str]:
     name = os.path.basename(os.path.normpath(workdir))
     prefixed = [r for r in found if os.path.basename(r).startswith(name) or name.startswith(os.path.basename(r))]
     close = difflib.get_close_matches(workdir, found, n=3, cutoff=0.5)
-    ranked = list(dict.fromkeys(prefixed + close + found))
-    return ranked
+    return list(dict.fromkeys(prefixed + close + found))
 
 
 def require_run(workdir: str) -> str:
@@ -45,8 +44,4 @@ def require_run(workdir: str) -> str:
             hint += f" (runs with checkpoints there: {', '.join(near[:6])}{', ...' if len(near) > 6 else ''})"
     else:
         hint = "train one first: python -m launch.train --config configs/<name>.py[:variant] (it prints its workdir)"
-    return _raise(f"no trained run in {workdir} ({why}); {hint}")
-
-
-def _raise(message: str):
-    raise RunNotFoundError(message)
+    raise RunNotFoundError(f"no trained run in {workdir} ({why}); {hint}")
