@@ -4,7 +4,7 @@ nanoGPT is not part of this repository: fetch it somewhere outside the tree, pre
 shakespeare_char data from the same tinyshakespeare.txt, and give a Python with torch:
 
     python benchmarks/nanogpt_side_by_side.py --nanogpt /tmp/nanogpt --torch-python /tmp/torchvenv/bin/python \
-        --data ../shared/data/tinyshakespeare.txt [--repeats 2] [--skip-full]
+        --data data/tinyshakespeare.txt [--repeats 2] [--skip-full]
 
 Two comparisons, the runs alternating (nanoGPT, ours, nanoGPT, ours) so that background
 load hits both alike; medians and ratios are reported:

@@ -96,7 +96,7 @@ def render(lm: list[dict], dit: dict | None, info: dict, pytorch_s: float) -> st
     if dit:
         mfu = dit.get("mfu")
         header = ["model", "params", "batch", "median step s", "images/s", "model GFLOP/s",
-                  "f32 matmul peak GFLOP/s", "MFU", "PyTorch DiT (PEERS.md) s/step", "load avg"]
+                  "f32 matmul peak GFLOP/s", "MFU", "PyTorch DiT (docs/peers.md) s/step", "load avg"]
         row = [dit["label"], f"{dit['params'] / 1e6:.1f}M", dit["batch_size"], f"{dit['median_step_s']:.2f}",
                f"{dit['images_per_s']:.2f}", f"{dit['model_flops_per_s'] / 1e9:.1f}",
                f"{dit['peak_flops_per_s'] / 1e9:.0f}" if dit.get("peak_flops_per_s") else "—",

@@ -2,10 +2,10 @@
 
     # the full run (6 layers, 6 heads, 384 wide, block 256; ~5000 steps; a GPU job):
     python -m launch.train --config configs/gpt_shakespeare_char.py \
-        --config.data.path=../shared/data/tinyshakespeare.txt
+        --config.data.path=tinyshakespeare.txt
     # nanoGPT README's CPU "baby GPT" (4/4/128, block 64, batch 12, 200 steps):
     python -m launch.train --config configs/gpt_shakespeare_char.py:baby \
-        --config.data.path=../shared/data/tinyshakespeare.txt
+        --config.data.path=tinyshakespeare.txt
     # no data file needed: the baby GPT on the Python standard library's sources (byte-level)
     python -m launch.train --config configs/gpt_shakespeare_char.py:embedded
     # tiny model, ~20 steps on the embedded corpus (tests)
@@ -27,8 +27,8 @@ VARIANTS = ("baby", "embedded", "smoke")
 
 WHERE_TO_GET_IT = (
     "Get tiny Shakespeare (char-rnn's data/tinyshakespeare/input.txt, 1,115,394 bytes, "
-    "GitHub karpathy/char-rnn) into data/tinyshakespeare.txt, or pass --config.data.path=<its path> "
-    "(in this workspace: ../shared/data/tinyshakespeare.txt). "
+    "GitHub karpathy/char-rnn), e.g. `curl -o data/tinyshakespeare.txt https://raw.githubusercontent.com/"
+    "karpathy/char-rnn/master/data/tinyshakespeare/input.txt`, or pass --config.data.path=<its path>. "
     "To train without it: configs/gpt_shakespeare_char.py:embedded.")
 
 
@@ -51,6 +51,8 @@ def get_config(arg=None):
     # over the val split (111,540 tokens -> 435 windows), so at most 6 batches of 64 exist.
     c.train.update(steps=5000, batch_size=64, micro_batches=1, log_every=10, eval_every=250,
                    eval_batches=200, checkpoint_every=250)
+    c.train.cpu_variant = ("python -m launch.train --config configs/gpt_shakespeare_char.py:baby "
+                           "--config.data.path=<the same file> (nanoGPT's CPU settings, a few minutes)")
 
     if arg in ("baby", "embedded"):
         # nanoGPT README, "I only have a macbook": 4/4/128, block 64, batch 12, no dropout.
@@ -60,7 +62,8 @@ def get_config(arg=None):
                                 remat="dots_with_no_batch_dims_saveable")
         c.data.seq_len = 64
         c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, decay_steps=-1)
-        c.train.update(steps=200, batch_size=12, eval_every=100, eval_batches=20, checkpoint_every=100)
+        c.train.update(steps=200, batch_size=12, eval_every=100, eval_batches=20, checkpoint_every=100,
+                       cpu_variant="")
         c.task.sample_tokens = 48
     if arg == "embedded":
         # Python's own standard library as the corpus: on every machine, nothing to download.
@@ -74,7 +77,7 @@ def get_config(arg=None):
         c.data.update(source="embedded", path="", tokenizer="byte", seq_len=32, max_bytes=300_000)
         c.optim.update(lr=3e-3, min_lr=3e-4, warmup_steps=5, decay_steps=-1)
         c.train.update(steps=20, batch_size=8, log_every=5, eval_every=10, eval_batches=2,
-                       checkpoint_every=10, progress=False)
+                       checkpoint_every=10, progress=False, cpu_variant="")
         c.task.update(sample_tokens=16, sample_prompt=8)
         c.memory.check = False
     return c

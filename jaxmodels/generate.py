@@ -1,7 +1,9 @@
 """Autoregressive decoding for every causal LM that follows the contract in jaxmodels/models.
 
 The prompt is processed in one call (prefill, filling the KV cache / recurrent state), then
-a jitted `lax.scan` runs one-token steps. Nothing here knows the family: it only calls
+a jitted `lax.scan` runs one-token steps. Models with a bounded context (`model.max_context`)
+slide a window once the context is full, as nanoGPT's generate does (see `plan`); recurrent
+models decode any length. Nothing here knows the family: it only calls
 `model.init_decode_state(batch, max_len, dtype)` and
 `model.apply({"params": p}, tokens, decode_state=s, pos=pos) -> (logits, s)`.
 
@@ -54,31 +56,71 @@ def _pick(logits_BV, rng, temperature, greedy: bool, top_k, top_p):
     return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
+def context_limit(model) -> Optional[int]:
+    """How many tokens the model reads at once (`model.max_context`); None: unbounded
+    (recurrent models: their state does not grow)."""
+    limit = getattr(model, "max_context", None)
+    return None if limit is None else int(limit)
+
+
+def plan(prompt_len: int, max_new_tokens: int, limit: Optional[int]) -> tuple[int, int, int]:
+    """(prompt tokens read, tokens decoded with the cache, tokens decoded by sliding).
+
+    Like nanoGPT's generate, a model with a bounded context reads only the last `limit`
+    tokens: a longer prompt is cropped to its tail, and once prompt + output fill the
+    context, each further token comes from a full forward over the last `limit` tokens
+    (positions 0..limit-1 again). For learned positions (GPT) that is the only choice;
+    for RoPE models (LLaMA) it equals re-prefilling the cropped window every token, which
+    keeps the model inside the positions it was trained on. Up to the limit the KV cache
+    serves every token, so a run that fits the context decodes exactly as before.
+    """
+    if limit is None:
+        return prompt_len, max_new_tokens, 0
+    read = min(prompt_len, limit)
+    cached = max(0, min(max_new_tokens, limit - read))
+    return read, cached, max_new_tokens - cached
+
+
 @functools.lru_cache(maxsize=64)
 def _decoder(model, batch: int, prompt_len: int, max_new_tokens: int, greedy: bool,
              top_k: Optional[int], use_top_p: bool, state_dtype):
     """The jitted prefill + scan for one shape / mode (cached: compiled once per key)."""
+    read, cached, slid = plan(prompt_len, max_new_tokens, context_limit(model))
 
     def run(params, prompt_BP, rng, temperature, top_p):
         top_p = top_p if use_top_p else None
-        state = model.init_decode_state(batch, prompt_len + max_new_tokens - 1, state_dtype)
-        logits_BPV, state = model.apply({"params": params}, prompt_BP, decode_state=state,
-                                        pos=jnp.zeros((), jnp.int32))
-        rng, sub = jax.random.split(rng)
-        first_B = _pick(logits_BPV[:, -1], sub, temperature, greedy, top_k, top_p)
-
-        def step(carry, _):
-            state, token_B, pos, rng = carry
-            logits_B1V, state = model.apply({"params": params}, token_B[:, None],
-                                            decode_state=state, pos=pos)
+        seq_BS = prompt_BP[:, prompt_len - read:]
+        if cached:
+            state = model.init_decode_state(batch, read + cached - 1, state_dtype)
+            logits_BPV, state = model.apply({"params": params}, seq_BS, decode_state=state,
+                                            pos=jnp.zeros((), jnp.int32))
             rng, sub = jax.random.split(rng)
-            next_B = _pick(logits_B1V[:, -1], sub, temperature, greedy, top_k, top_p)
-            return (state, next_B, pos + 1, rng), next_B
+            first_B = _pick(logits_BPV[:, -1], sub, temperature, greedy, top_k, top_p)
 
-        carry = (state, first_B, jnp.asarray(prompt_len, jnp.int32), rng)
-        _, rest_NB = jax.lax.scan(step, carry, None, length=max_new_tokens - 1)
-        new_BN = jnp.concatenate([first_B[:, None], rest_NB.T], axis=1)
-        return jnp.concatenate([prompt_BP, new_BN], axis=1)
+            def step(carry, _):
+                state, token_B, pos, rng = carry
+                logits_B1V, state = model.apply({"params": params}, token_B[:, None],
+                                                decode_state=state, pos=pos)
+                rng, sub = jax.random.split(rng)
+                next_B = _pick(logits_B1V[:, -1], sub, temperature, greedy, top_k, top_p)
+                return (state, next_B, pos + 1, rng), next_B
+
+            carry = (state, first_B, jnp.asarray(read, jnp.int32), rng)
+            (_, _, _, rng), rest_NB = jax.lax.scan(step, carry, None, length=cached - 1)
+            seq_BS = jnp.concatenate([seq_BS, first_B[:, None], rest_NB.T], axis=1)
+        if slid:
+            limit = read + cached  # == the context limit: slid > 0 only once it is full
+
+            def slide(carry, _):
+                window_BL, rng = carry
+                logits_BLV = model.apply({"params": params}, window_BL)
+                rng, sub = jax.random.split(rng)
+                next_B = _pick(logits_BLV[:, -1], sub, temperature, greedy, top_k, top_p)
+                return (jnp.concatenate([window_BL[:, 1:], next_B[:, None]], axis=1), rng), next_B
+
+            _, slid_NB = jax.lax.scan(slide, (seq_BS[:, -limit:], rng), None, length=slid)
+            seq_BS = jnp.concatenate([seq_BS, slid_NB.T], axis=1)
+        return jnp.concatenate([prompt_BP, seq_BS[:, read:]], axis=1)
 
     return jax.jit(run)
 

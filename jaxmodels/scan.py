@@ -4,7 +4,7 @@ Every recurrent family (Mamba's selective scan, RetNet's recurrent form, RWKV's 
 through here, so there is one place to make scans fast and one to test.
 
 Modes (`mode=`):
-  "sequential"   lax.scan, one step at a time (fastest on CPU, STACK.md);
+  "sequential"   lax.scan, one step at a time (fastest on CPU, docs/cpu_notes.md);
   "associative"  lax.associative_scan over the whole sequence on pairs
                  (a2·a1, a2·b1 + b2) — log depth, best on GPU for short sequences;
   "chunked"      a sequential lax.scan over chunks of `chunk` steps with the associative
@@ -38,7 +38,7 @@ NEG_BIG = -1e38
 
 
 def resolve_mode(mode: str) -> str:
-    """Maps "auto" to "sequential" on CPU (STACK.md: lax.scan is faster there) else "chunked"."""
+    """Maps "auto" to "sequential" on CPU (docs/cpu_notes.md: lax.scan is faster there) else "chunked"."""
     if mode not in MODES:
         raise ValueError(f"unknown scan mode {mode!r}; valid: {', '.join(MODES)}")
     if mode == "auto":

@@ -6,7 +6,8 @@ Samples --num images from the newest checkpoint (EMA params if kept) and prints 
 accuracy: the shape class for class-conditional runs, each attribute (shape, colour, size,
 position, background) of held-out captions for text-to-image runs; and the Frechet distance
 to as many real images in the judge's feature space (comparable only at equal --num).
-The judge (jaxmodels/diffusion/judge.py) trains once and is cached.
+The judge (jaxmodels/diffusion/judge.py) trains once, on first use (a few minutes on a CPU;
+it says so), and is cached.
 """
 from launch import _env  # noqa: F401  (must come before jax)
 
@@ -28,8 +29,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ema", action="store_true")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from jaxmodels.tasks.diffusion import evaluate_workdir
+    from launch._runs import require_run
     try:
-        metrics = evaluate_workdir(args.workdir, num=args.num, cfg_scale=args.cfg, sampler=args.sampler,
+        metrics = evaluate_workdir(require_run(args.workdir), num=args.num, cfg_scale=args.cfg, sampler=args.sampler,
                                    steps=args.steps, seed=args.seed, use_ema=not args.no_ema)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,6 +6,10 @@
     python -m launch.generate --workdir runs/bitnet_b158_cpu --packed   # BitNet: from packed weights
     python -m launch.generate --hf path/to/bitnet-b1.58-2B-4T --prompt "The capital of France is"
         # a Hugging Face folder (or a launch.convert output) with its tokenizer.json
+
+Models with learned positions (GPT) or a trained context (LLaMA) read at most their last
+block_size / max_len tokens: longer generations slide the window (as nanoGPT's generate
+does); recurrent models (Mamba, RWKV, RetNet) carry their state to any length.
 """
 from __future__ import annotations
 
@@ -35,13 +39,30 @@ def main(argv=None) -> int:
     parser.add_argument("--no_ema", action="store_true", help="use the raw params even if an EMA exists")
     args = parser.parse_args(argv)
 
+    from jaxmodels.config import ConfigError
+    from launch._runs import require_run
+    try:
+        workdir = None if args.hf else require_run(args.workdir)
+        out, tokenizer = _generate(args, workdir)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import numpy as np
+    for i, row in enumerate(np.asarray(out)):
+        if args.num_samples > 1:
+            print(f"--- sample {i} ---")
+        print(tokenizer.decode(row.tolist()))
+    return 0
+
+
+def _generate(args, workdir):
     import jax
     import numpy as np
 
     from jaxmodels.data.tokenizers import build_tokenizer
     from jaxmodels.generate import greedy, sample
     from jaxmodels.models import build_model
-    from jaxmodels.train.checkpoint import load_params
+    from jaxmodels.train import checkpoint
 
     if args.hf:
         from jaxmodels.convert.pretrained import load_pretrained
@@ -50,29 +71,27 @@ def main(argv=None) -> int:
         model = build_model(model_cfg)
         tokenizer = build_tokenizer({"tokenizer": "hf", "vocab_path": args.tokenizer or args.hf})
     else:
-        cfg, params = load_params(args.workdir, use_ema=not args.no_ema)
+        cfg, params = checkpoint.load_params(workdir, use_ema=not args.no_ema)
         model = build_model(cfg.model)
         tokenizer = build_tokenizer(cfg.data)
-    if args.packed and not getattr(model.cfg, "packed", True):
+    if args.packed and not hasattr(model.cfg, "packed"):
+        raise ValueError("--packed is for BitNet models (model.name=bitnet)")
+    if args.packed and not model.cfg.packed:
         from jaxmodels.convert.bitnet import pack_params, packed_model
 
         params, model = pack_params(model.cfg, params), packed_model(model)
-    elif args.packed and not hasattr(model.cfg, "packed"):
-        raise SystemExit("--packed is for BitNet models (model.name=bitnet)")
     ids = tokenizer.encode(args.prompt)
     if not ids:
-        raise SystemExit("the prompt encodes to no tokens; pass a non-empty --prompt")
+        raise ValueError("the prompt encodes to no tokens; pass a non-empty --prompt")
+    if args.max_new_tokens < 0 or args.num_samples < 1:
+        raise ValueError("need --max_new_tokens >= 0 and --num_samples >= 1")
     prompt = np.tile(np.asarray(ids, np.int32)[None], (args.num_samples, 1))
     if args.greedy:
         out = greedy(model, params, prompt, args.max_new_tokens)
     else:
         out = sample(model, params, prompt, args.max_new_tokens, jax.random.key(args.seed),
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    for i, row in enumerate(np.asarray(out)):
-        if args.num_samples > 1:
-            print(f"--- sample {i} ---")
-        print(tokenizer.decode(row.tolist()))
-    return 0
+    return out, tokenizer
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ def main(argv=None) -> int:
     if args.bf16:
         import ml_dtypes
         dtype = ml_dtypes.bfloat16
+    from launch._runs import require_run
     try:
-        info = merge_workdir(args.workdir, args.out, dtype=dtype)
+        info = merge_workdir(require_run(args.workdir), args.out, dtype=dtype)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

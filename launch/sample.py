@@ -2,7 +2,7 @@
 
     python -m launch.sample --workdir runs/dit_small_cpu --num 64 --cfg 4.0 --sampler ddim --steps 50 [--seed 0]
 
-Writes <workdir>/samples/sample_<sampler><steps>_cfg<cfg>_seed<seed>.png (class-conditional:
+Writes <workdir>/samples/sample_<sampler><steps>_cfg<cfg>_seed<seed>[_noema].png (class-conditional:
 row r = class r) and a .npz beside it: samples float32 [N,H,W,C] in [-1, 1] (latents for
 latent runs) plus labels, or captions and attrs for text-to-image runs.
 """
@@ -25,8 +25,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-ema", action="store_true", help="use the raw params instead of the EMA")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from jaxmodels.tasks.diffusion import sample_workdir
+    from launch._runs import require_run
     try:
-        out = sample_workdir(args.workdir, num=args.num, cfg_scale=args.cfg, sampler=args.sampler,
+        out = sample_workdir(require_run(args.workdir), num=args.num, cfg_scale=args.cfg, sampler=args.sampler,
                              steps=args.steps, seed=args.seed, use_ema=not args.no_ema)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ from launch import _env  # noqa: F401  (must come before jax)
 
 import argparse
 import os
+import shutil
 import sys
 
 from jaxmodels.config import ConfigError, load_config
@@ -42,13 +43,31 @@ def default_workdir(spec: str) -> str:
     return os.path.join("runs", f"{name}_{variant}" if variant else name)
 
 
+def remove_if_empty(path: str) -> bool:
+    """Deletes `path` when it holds no file at all (only empty folders); returns whether it did."""
+    if not os.path.isdir(path):
+        return False
+    for _, _, files in os.walk(path):
+        if files:
+            return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    workdir = None
     try:
         args, cfg = parse(argv, __doc__)
         workdir = args.workdir or cfg.train.get("workdir", "") or default_workdir(args.config)
+        created = not os.path.exists(workdir)
         from jaxmodels.train.loop import train
-        train(cfg, workdir)
+        try:
+            train(cfg, workdir)
+        except BaseException:
+            if created:
+                remove_if_empty(workdir)  # a command that failed before saving leaves no empty runs/ folder
+            raise
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

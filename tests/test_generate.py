@@ -82,7 +82,7 @@ def test_sampling_respects_top_k_and_seed(tiny):
         generate.sample(model, params, prompt, N, jax.random.key(5), top_p=1.5)
 
 
-def test_launch_generate_decodes_checkpoint_params(tiny, monkeypatch, capsys):
+def test_launch_generate_decodes_checkpoint_params(tiny, monkeypatch, capsys, tmp_path):
     """launch.generate wires checkpoint params + tokenizer + greedy together (the checkpoint
     reader is replaced by a stub returning our params; it is tested with the trainer)."""
     import ml_collections
@@ -96,6 +96,65 @@ def test_launch_generate_decodes_checkpoint_params(tiny, monkeypatch, capsys):
     cfg = ml_collections.ConfigDict({"model": TINY, "data": {"tokenizer": "char", "vocab": chars}})
     monkeypatch.setattr(checkpoint, "load_params", lambda workdir, use_ema=True: (cfg, params))
     text = build_tokenizer(cfg.data).decode(np.asarray(prompt[0]).tolist())
-    assert main(["--workdir", "unused", "--prompt", text, "--max_new_tokens", str(N), "--greedy"]) == 0
+    (tmp_path / "checkpoints" / "1").mkdir(parents=True)  # what launch.generate looks for first
+    assert main(["--workdir", str(tmp_path), "--prompt", text, "--max_new_tokens", str(N), "--greedy"]) == 0
     expected = generate.greedy(model, params, prompt[:1], N)[0]
     assert capsys.readouterr().out.strip() == build_tokenizer(cfg.data).decode(np.asarray(expected).tolist())
+
+
+def _window_reference(apply, prompt, n, limit):
+    """nanoGPT's generate, greedy: crop the context to the last `limit` tokens, full forward,
+    argmax of the last position; no cache."""
+    seq = np.asarray(prompt)
+    for _ in range(n):
+        logits = np.asarray(apply(jnp.asarray(seq[:, -limit:])))
+        seq = np.concatenate([seq, np.argmax(logits[:, -1], axis=-1)[:, None].astype(np.int32)], axis=1)
+    return seq
+
+
+@pytest.mark.parametrize("prompt_len", [P, 40])  # shorter and longer than block_size 32
+def test_generation_past_block_size_slides_the_window(tiny, prompt_len):
+    """Learned positions end at block_size: generating past it crops the context (nanoGPT)."""
+    model, params, _, _ = tiny
+    assert generate.context_limit(model) == TINY["block_size"]
+    prompt = jax.random.randint(jax.random.key(7), (2, prompt_len), 0, 64, dtype=jnp.int32)
+    n = 45  # P + n crosses block_size; 40 + n starts beyond it
+    out = np.asarray(generate.greedy(model, params, prompt, n))
+    assert out.shape == (2, prompt_len + n)
+    ref = _window_reference(jax.jit(lambda t: model.apply({"params": params}, t)), prompt, n, TINY["block_size"])
+    np.testing.assert_array_equal(out, ref)
+    assert generate.plan(prompt_len, n, 32) == (min(prompt_len, 32), max(0, 32 - prompt_len), n - max(0, 32 - prompt_len))
+
+
+def test_rope_model_slides_by_reprefilling_the_window():
+    """LLaMA (RoPE + KV cache) past max_len: each new token re-reads the last max_len tokens
+    at positions 0..max_len-1, the same as a fresh prefill of the cropped window."""
+    model = build_model(dict(name="llama", vocab_size=48, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                             hidden_dim=64, max_len=16))
+    prompt = jax.random.randint(jax.random.key(2), (2, 6), 0, 48, dtype=jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(0), prompt)["params"]
+    out = np.asarray(generate.greedy(model, params, prompt, 20))
+    ref = _window_reference(jax.jit(lambda t: model.apply({"params": params}, t)), prompt, 20, 16)
+    np.testing.assert_array_equal(out, ref)
+    # sampling takes the same path
+    s = generate.sample(model, params, prompt, 20, jax.random.key(1), temperature=0.8, top_k=5)
+    assert s.shape == (2, 26)
+
+
+def test_recurrent_models_have_no_context_limit():
+    model = build_model(dict(name="mamba", vocab_size=32, d_model=16, n_layer=1, d_state=4))
+    assert generate.context_limit(model) is None
+    assert generate.plan(5, 300, None) == (5, 300, 0)
+
+
+def test_launch_generate_wrong_workdir_is_one_line_naming_the_run_that_exists(tmp_path, capsys):
+    """README's first mistake: runs/gpt_shakespeare_char when the run is ..._embedded."""
+    from launch.generate import main
+
+    (tmp_path / "runs" / "gpt_shakespeare_char_embedded" / "checkpoints" / "250").mkdir(parents=True)
+    wrong = tmp_path / "runs" / "gpt_shakespeare_char"
+    assert main(["--workdir", str(wrong), "--prompt", "ROMEO:"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"did you mean --workdir {tmp_path / 'runs' / 'gpt_shakespeare_char_embedded'}" in err
+    assert not wrong.exists()  # looking created nothing

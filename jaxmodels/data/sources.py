@@ -93,7 +93,7 @@ def _tfds_source(data_cfg: Any):
     if not name:
         raise ConfigError("data.source='tfds' needs --config.data.tfds_name=<dataset>")
     try:
-        # download=False: offline, an implicit download retries for minutes (STACK.md).
+        # download=False: offline, an implicit download retries for minutes (docs/cpu_notes.md).
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # not prepared, wrong format, unknown name: one clear message
         raise DataNotFoundError(

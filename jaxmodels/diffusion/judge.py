@@ -185,6 +185,9 @@ def load_judge(recipe: JudgeRecipe = JudgeRecipe(), directory: Optional[str] = N
         with open(path + ".json") as f:
             metrics = json.load(f)
         return Judge(params, recipe, metrics)
+    if log:
+        log(f"training the judge once, on first use ({recipe.steps} steps, a few minutes on a CPU); "
+            f"it is cached in {path}")
     judge = train_judge(recipe, log=log)
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"

@@ -1,6 +1,6 @@
 """Layer stacks: nn.scan over identical blocks, each wrapped in nn.remat with a named policy.
 
-STACK.md: on XLA:CPU remat only takes effect under scan, and scanning cuts trace/compile
+docs/cpu_notes.md: on XLA:CPU remat only takes effect under scan, and scanning cuts trace/compile
 time 3-5x, so every family stacks its blocks through `stack()`.
 """
 from __future__ import annotations

@@ -20,6 +20,9 @@ Causal LMs (gpt, llama, mamba, rwkv4, rwkv7, retnet, ...) follow one calling con
   model.apply({"params": p}, tokens_BT, head_input=True)      -> layers.lm_head.HeadInput (final
       hidden states + head weight) instead of logits, for the chunked loss (optional: the
       LM task falls back to logits for a family without it)
+  model.max_context                                       -> int, only on models that read a
+      bounded context (learned positions: GPT's block_size; LLaMA's max_len); generation
+      past it slides the window (jaxmodels/generate.py). Recurrent models have none.
 Diffusion backbones: model.apply({"params": p}, x_t, t, cond, train=False) -> prediction.
 """
 from __future__ import annotations

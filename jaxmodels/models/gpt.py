@@ -192,6 +192,11 @@ class GPT(nn.Module):
             return logits_BTV
         return logits_BTV, decode_state
 
+    @property
+    def max_context(self) -> int:
+        """Learned positions end here; generate.py slides the window past it."""
+        return self.cfg.block_size
+
     @nn.nowrap
     def init_decode_state(self, batch: int, max_len: int, dtype=None) -> dict:
         """An empty KV cache {"k", "v"}: [n_layer, batch, max_len, n_head, head_dim] each."""

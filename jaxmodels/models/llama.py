@@ -275,6 +275,11 @@ class Llama(nn.Module):
             return logits_BTV
         return logits_BTV, decode_state
 
+    @property
+    def max_context(self) -> int:
+        """The trained context (max_position_embeddings); generate.py slides the window past it."""
+        return self.cfg.max_len
+
     @nn.nowrap
     def init_decode_state(self, batch: int, max_len: int, dtype=None) -> dict:
         """An empty KV cache {"k", "v"}: [n_layers, batch, max_len, n_kv_heads, head_dim] each."""

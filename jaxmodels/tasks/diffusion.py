@@ -322,7 +322,9 @@ def sample_workdir(workdir: str, num: int = 64, cfg_scale: float = 4.0, sampler:
     conds = task.eval_conditions(num, seed=seed)
     samples = task.sample(params, conds["cond"], jax.random.key(seed), cfg_scale=cfg_scale,
                           sampler=sampler, steps=steps)
-    stem = os.path.join(workdir, "samples", f"sample_{sampler}{steps}_cfg{cfg_scale:g}_seed{seed}")
+    # The raw params' samples get their own file: they must not overwrite the EMA's.
+    stem = os.path.join(workdir, "samples", f"sample_{sampler}{steps}_cfg{cfg_scale:g}_seed{seed}"
+                        + ("" if use_ema else "_noema"))
     rows = num // 8 if ("labels" in conds and num % 8 == 0) else None
     png = save_grid(samples if samples.shape[-1] in (1, 3) else samples[..., :3], stem + ".png", rows=rows)
     extra = {k: np.asarray(v) for k, v in conds.items() if k in ("labels", "attrs", "captions")}

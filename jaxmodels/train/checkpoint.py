@@ -1,7 +1,7 @@
 """Checkpoints: one Orbax CheckpointManager per workdir holding `state` (TrainState), `data`
 (the grain iterator position) and `meta` (JSON: config + model-shape signature).
 
-STACK.md: a *finished* checkpoint damaged later stays `latest_step()` and only fails on
+docs/cpu_notes.md: a *finished* checkpoint damaged later stays `latest_step()` and only fails on
 restore, so restore walks `all_steps()` newest-first and falls back with a warning.
 """
 from __future__ import annotations

@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
         progress=True,          # tqdm progress bar
         tensorboard=False,
         workdir="",             # default: runs/<config name>
+        cpu_variant="",         # GPU-sized configs: the command that finishes in minutes on a CPU,
+                                # printed as advice before step 0 when running on a CPU
     ))
     c.memory = ml_collections.ConfigDict(dict(
         budget_gb=12.0,         # XLA allocator cap on GPU and the fit check before step 0

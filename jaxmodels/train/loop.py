@@ -26,6 +26,7 @@ from jaxmodels.train.build import fresh_state, make_setup
 from jaxmodels.train.checkpoint import (Checkpointer, abstract_with_sharding, check_compatible,
                                         config_to_json, model_signature)
 from jaxmodels.train.metrics import MetricsWriter, truncate_after
+from jaxmodels.train.progress import Reporter, cpu_advice, plan_line, saved_steps
 from jaxmodels.train.step import jit_train_step, make_eval_step, make_mesh, make_train_step, shardings
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     tc = cfg.train
     total_steps, batch_size = int(tc.steps), int(tc.batch_size)
     task = build_task(cfg)
+    advice = cpu_advice(cfg)  # before anything compiles: a CPU user learns at once what to run instead
+    if advice:
+        print(advice, flush=True)
+    print(plan_line(cfg, task.unit, float(task.units_per_example()), max(saved_steps(workdir), default=0),
+                    workdir), flush=True)
     setup = make_setup(task, cfg)
     mesh = make_mesh(cfg.mesh)
     replicated, split = shardings(mesh)
@@ -160,6 +166,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if tc.progress:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+    report = Reporter(cfg, task.unit, units_per_batch, bar)
 
     pending: list = []
     last: dict = {}
@@ -172,12 +179,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_seconds = 60.0 * float(tc.get("eval_minutes", 0.0) or 0.0)
     t_evaluated = time.perf_counter()
     t_mark, steps_since_mark = None, 0
+    # The first sample grid / eval comes with the first checkpoint of a fresh run (minutes on
+    # a CPU), not only at eval_every (hours there).
+    early_eval = found is None and (int(tc.eval_every) > 0 or eval_seconds > 0)
     try:
         while step < total_steps and stop.signal is None:
             batch = _host_batch(next(data_iter), abstract_batch, split)
             state, metrics = step_fn(state, batch)
             step += 1
             pending.append((step, metrics))
+            if len(pending) >= 2:
+                # Stay at most one step ahead of the device, so the wall-time checks below
+                # (checkpoint_minutes, eval_minutes) fire on time, not log_every steps late.
+                jax.block_until_ready(pending[-2][1])
+            report.step_done(step, metrics)
             if t_mark is None:  # first step of this process: exclude compile time from throughput
                 jax.block_until_ready(metrics)
                 t_mark, steps_since_mark = time.perf_counter(), 0
@@ -189,6 +204,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                        or (eval_seconds > 0 and time.perf_counter() - t_evaluated >= eval_seconds))
             do_ckpt = (_is_every(step, int(tc.checkpoint_every)) or final or stop.signal is not None
                        or (save_seconds > 0 and time.perf_counter() - t_saved >= save_seconds))
+            do_eval = do_eval or (early_eval and do_ckpt and stop.signal is None)
             if not (do_log or do_eval or do_ckpt or len(pending) >= max(1, int(tc.log_every))):
                 continue
             fetched = jax.device_get(pending)
@@ -212,6 +228,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     if u is not None:
                         m["mfu"] = u
                 writer.write(step, m)
+                report.log(step, m)
                 last = {"step": step, **m}
                 if bar is not None:
                     post = {"loss": f"{m['loss']:.4f}"}
@@ -224,7 +241,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             if bar is not None:
                 bar.update(step - bar.n)
             if do_eval:
-                writer.write(step, evaluate(task, eval_step, state, cfg, workdir, step, split))
+                evaluated = evaluate(task, eval_step, state, cfg, workdir, step, split)
+                writer.write(step, evaluated)
+                report.eval(step, evaluated)
+                early_eval = False
                 t_mark, steps_since_mark = time.perf_counter(), 0
                 t_evaluated = t_mark
             if do_ckpt:

@@ -136,6 +136,11 @@ def test_trainer_run_eval_grid_ema_resume_and_launch_sample(tmp_path, monkeypatc
     np.testing.assert_array_equal(out["labels"], np.arange(16) // 2)
     assert np.all(np.abs(out["samples"]) <= 1.0 + 1e-6)  # x0 clipped to the data range
     assert Image.open(stem + ".png").size == (8 * 33 + 1, 2 * 33 + 1)
+    # The raw params' samples go to their own file: the EMA's are not overwritten.
+    assert sample_main(["--workdir", stopped, "--num", "16", "--cfg", "2.0", "--steps", "3", "--seed", "5",
+                        "--no-ema"]) == 0
+    np.testing.assert_array_equal(np.load(stem + ".npz")["samples"], out["samples"])
+    assert not np.array_equal(np.load(stem + "_noema.npz")["samples"], out["samples"])
 
 
 def test_timestep_sampling_uniform_and_logit_normal():
