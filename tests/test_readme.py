@@ -125,6 +125,7 @@ TINY_LLAMA = ("--config.model.dim=32 --config.model.n_layers=2 --config.model.n_
 QLORA = ("python -m launch.train --config configs/llama2_7b_qlora.py "
          f"--config.init_from={LLAMA} --config.data.vocab_path={LLAMA} " + TINY_LLAMA)
 SMOKE_LM = "--config.train.steps=4 --config.train.eval_every=2 --config.train.checkpoint_every=2"
+BITNET_RUN = f"python -m launch.train --config configs/bitnet_b158.py:smoke --workdir runs/bitnet_b158_cpu {SMOKE_LM}"
 
 TINY: dict[str, Tiny] = {
     # --- the two commands at the top
@@ -197,6 +198,23 @@ TINY: dict[str, Tiny] = {
     "configs/retnet_base.py": Tiny((f"python -m launch.train --config configs/retnet_base.py:smoke {SMOKE_LM}",)),
     # "(each with `:smoke`)": the four entries above run exactly that
     ":smoke": Tiny((f"python -m launch.train --config configs/mamba_130m.py:smoke {SMOKE_LM}",)),
+    # --- BitNet b1.58 (the released-checkpoint rows run on the committed tiny transformers fixtures)
+    "python -m launch.train --config configs/bitnet_b158.py:cpu": Tiny((BITNET_RUN,)),
+    "--config.model.quant=none": Tiny((BITNET_RUN + " --config.model.quant=none",)),
+    'python -m launch.generate --hf path/to/bitnet-b1.58-2B-4T --prompt "The capital of France is"': Tiny((
+        "python -m launch.generate --hf {fixtures}/bitnet/packed_tied --prompt 'the' --max_new_tokens 4 --greedy",
+    )),
+    "launch.convert --hf": Tiny(("python -m launch.convert --hf {fixtures}/bitnet/master --out bitnet-jax",)),
+    "-bf16": Tiny(("python -m launch.convert --hf {fixtures}/bitnet/master --out bitnet-jax",)),
+    "python -m launch.export_bitnet --workdir runs/bitnet_b158_cpu --out bitnet-packed": Tiny((
+        BITNET_RUN, "python -m launch.export_bitnet --workdir runs/bitnet_b158_cpu --out bitnet-packed",
+    )),
+    "--layout master": Tiny((
+        BITNET_RUN, "python -m launch.export_bitnet --workdir runs/bitnet_b158_cpu --out bitnet-master --layout master",
+    )),
+    'python -m launch.generate --workdir runs/bitnet_b158_cpu --packed --prompt "def "': Tiny((
+        BITNET_RUN, "python -m launch.generate --workdir runs/bitnet_b158_cpu --packed --prompt 'def ' --max_new_tokens 8",
+    )),
     "python -m launch.memory --config configs/X.py": Tiny((
         "python -m launch.memory --config configs/gpt_shakespeare_char.py:smoke",
     ), expect=("budget",)),
