@@ -53,7 +53,7 @@ def get_config(arg=None):
             c.model.moe_experts = 0
         c.data.update(source="embedded", path="", tokenizer="byte", seq_len=64, max_bytes=2_000_000)
         c.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=100)
-        c.train.update(steps=1500, batch_size=32, log_every=25, eval_every=250, eval_batches=20,
+        c.train.update(steps=1000, batch_size=32, log_every=25, eval_every=250, eval_batches=20,
                        checkpoint_every=500)
         c.task.sample_tokens = 48
     if arg == "smoke":

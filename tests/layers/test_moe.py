@@ -12,8 +12,10 @@ from jaxmodels.layers.moe import MoE, capacity_slots, collect, route, router_sta
 
 
 def _layer(kind, dispatch, capacity_factor=1.25, router="mixtral", top_k=2, E=4, bias=True):
+    dispatch, _, grouped = dispatch.partition("-")
     return MoE(num_experts=E, top_k=top_k, hidden=24, kind=kind, use_bias=bias, router=router,
                dispatch=dispatch, capacity_factor=capacity_factor, gelu="tanh",
+               grouped=grouped or "auto",
                router_init=jax.nn.initializers.normal(1.0))
 
 
@@ -44,7 +46,7 @@ def _reference(kind, p, x_TD, top_k, normalize):
 
 
 @pytest.mark.parametrize("kind", ["gelu", "swiglu"])
-@pytest.mark.parametrize("dispatch", ["dropless", "capacity"])
+@pytest.mark.parametrize("dispatch", ["dropless-ragged_dot", "dropless-blocked", "capacity"])
 @pytest.mark.parametrize("router", ["mixtral", "switch"])
 def test_dispatch_matches_per_expert_loop(kind, dispatch, router):
     x = jax.random.normal(jax.random.key(0), (2, 5, 16))
@@ -57,10 +59,11 @@ def test_dispatch_matches_per_expert_loop(kind, dispatch, router):
 
 
 @pytest.mark.parametrize("kind", ["gelu", "swiglu"])
-def test_dropless_equals_capacity_when_nothing_dropped_fwd_and_grads(kind):
+@pytest.mark.parametrize("grouped", ["ragged_dot", "blocked"])
+def test_dropless_equals_capacity_when_nothing_dropped_fwd_and_grads(kind, grouped):
     x = jax.random.normal(jax.random.key(0), (3, 8, 16))
     p = _params(kind, x)
-    dropless, capacity = _layer(kind, "dropless"), _layer(kind, "capacity", capacity_factor=2.0)
+    dropless, capacity = _layer(kind, "dropless-" + grouped), _layer(kind, "capacity", capacity_factor=2.0)
 
     def f(layer):
         def loss(p, x):
@@ -151,3 +154,18 @@ def test_jitter_only_in_training():
     np.testing.assert_allclose(layer.apply({"params": p}, x), ref, rtol=1e-6)
     noisy = layer.apply({"params": p}, x, deterministic=False, rngs={"dropout": jax.random.key(3)})
     assert np.abs(np.asarray(noisy - ref)).max() > 1e-4
+
+
+@pytest.mark.parametrize("sizes", [[40, 0, 3, 21], [0, 0, 64, 0], [1, 1, 1, 61]])
+def test_blocked_grouped_matmul_equals_ragged_dot(sizes):
+    from jaxmodels.layers.moe import grouped_matmul
+
+    x = jax.random.normal(jax.random.key(0), (64, 16))
+    w = jax.random.normal(jax.random.key(1), (4, 16, 8))
+    g = jnp.asarray(sizes, jnp.int32)
+    f = lambda impl: jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(grouped_matmul(x, w, g, impl))),
+                                        argnums=(0, 1))(x, w)
+    (a, (gxa, gwa)), (b, (gxb, gwb)) = f("ragged_dot"), f("blocked")
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    np.testing.assert_allclose(gxa, gxb, atol=1e-5)
+    np.testing.assert_allclose(gwa, gwb, atol=1e-5)
