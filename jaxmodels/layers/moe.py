@@ -253,7 +253,7 @@ def capacity_dispatch(x_TD: jax.Array, weights_TK: jax.Array, experts_TK: jax.Ar
 
     y_ECD = expert_ffn(x_ECD, w, matmul, kind, gelu_kind, bias)
     y_TD = jnp.einsum("tec,ecd->td", combine_TEC, y_ECD.astype(jnp.float32))
-    dropped = 1.0 - jnp.mean(keep_TK.astype(jnp.float32))
+    dropped = jnp.mean(jnp.logical_not(keep_TK).astype(jnp.float32))
     return y_TD, dropped
 
 
