@@ -119,10 +119,10 @@ def hf_tensor_reader(folder: str) -> Callable[[str, Optional[int]], np.ndarray]:
 
     def read(module_leaf: str, layer: Optional[int]) -> np.ndarray:
         module, leaf = module_leaf.rsplit("/", 1) if "/" in module_leaf else (module_leaf, "")
-        if module == "moe":  # Mixtral
+        if module.split("/")[0] == "moe":  # Mixtral ("moe/gate_proj/kernel" when NF4)
             from jaxmodels.convert import read_hf_config
             experts = int(read_hf_config(folder)["num_local_experts"])
-            return mixtral.read(st.get, leaf, layer, experts)
+            return mixtral.read(st.get, module_leaf.split("/")[1], layer, experts)
         if layer is None:
             base = TOP_LEVEL[module_leaf if module_leaf == "embed" else module]
         else:
@@ -211,6 +211,8 @@ def load_into(params: Mapping, folder: str, cfg) -> dict:
 
         def read(module_leaf: str, layer: Optional[int]) -> np.ndarray:
             key = ("layers/" if layer is not None else "") + module_leaf
+            if key not in loaded_flat and key.startswith("layers/moe/"):
+                key = key[: -len("/kernel")] if key.endswith("/kernel") else key  # NF4 experts
             if key not in loaded_flat:
                 raise ConfigError(f"{folder}: no tensor {key!r} (has e.g. {sorted(loaded_flat)[:4]})")
             value = np.asarray(loaded_flat[key], np.float32)

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
+from jaxmodels.layers import quant
 from jaxmodels.layers.mlp import gelu
 
 DISPATCH = ("dropless", "capacity")
@@ -291,6 +292,7 @@ class MoE(nn.Module):
     capacity_factor: float = 1.25
     jitter: float = 0.0
     grouped: str = "auto"           # dropless grouped matmul: "auto" | "ragged_dot" | "blocked"
+    quant: str = "none"             # "nf4": frozen 4-bit experts (QLoRA), params <name>/kernel_nf4/...
     dtype: Any = jnp.float32
     kernel_init: Callable = nn.initializers.normal(0.02)
     proj_init: Optional[Callable] = None
@@ -314,7 +316,14 @@ class MoE(nn.Module):
             else:
                 init = self.kernel_init
             # Experts init like E independent dense layers: the init sees one [a, b] kernel.
-            w[name] = self.param(name, _stacked(init), shape, jnp.float32)
+            if self.quant == "nf4" and not name.endswith("_bias"):
+                # Frozen 4-bit experts (jaxmodels.layers.quant), de-quantised for the matmuls;
+                # stored like LoRADense's "kernel_nf4" so the converters fill them the same way.
+                q = self.param(name, lambda key, s=shape, i=init: {
+                    "kernel_nf4": quant.nf4_quantize(_stacked(i)(key, s, jnp.float32))})
+                w[name] = quant.nf4_dequantize(jax.lax.stop_gradient(q["kernel_nf4"]), shape, self.dtype)
+            else:
+                w[name] = self.param(name, _stacked(init), shape, jnp.float32)
 
         router_in_TD = x_TD.astype(jnp.float32)
         if self.jitter > 0 and not deterministic:

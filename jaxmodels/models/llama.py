@@ -220,6 +220,7 @@ class Block(nn.Module):
             h_BTD = MoE(cfg.moe_experts, cfg.moe_top_k, cfg.moe_hidden or cfg.hidden_dim, kind="swiglu",
                         router=cfg.moe_router, dispatch=cfg.moe_dispatch,
                         capacity_factor=cfg.moe_capacity_factor, jitter=cfg.moe_jitter, dtype=dtype,
+                        quant=cfg.quant,
                         kernel_init=nn.initializers.normal(cfg.init_std),
                         router_init=nn.initializers.normal(cfg.init_std),
                         name="moe")(h_BTD, deterministic=self.deterministic)

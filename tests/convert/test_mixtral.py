@@ -74,3 +74,20 @@ def test_export_round_trip_is_bit_exact(loaded, ref, tmp_path):
         np.testing.assert_array_equal(a, b)
     tokens = jnp.asarray(ref["tokens"])
     np.testing.assert_array_equal(model2.apply({"params": params2}, tokens), model.apply({"params": params}, tokens))
+
+
+def test_nf4_experts_load_quantised_and_stay_close(loaded, ref):
+    from jaxmodels.layers import quant
+
+    f32_model, f32_params = loaded
+    model, params = convert.from_hf(FIXTURE, read_hf_config(FIXTURE), quant="nf4")
+    q = params["layers"]["moe"]["down_proj"]["kernel_nf4"]
+    assert q["nf4"].dtype == np.uint8 and q["nf4"].shape == (2, 4 * 48 * 32 // 2)
+    w = np.asarray(f32_params["layers"]["moe"]["down_proj"][1])
+    d = np.asarray(quant.nf4_dequantize(jax.tree.map(lambda a: a[1], q), w.shape, jnp.float32))
+    assert np.abs(d - w).max() < 0.15 * np.abs(w).max()
+    tokens = jnp.asarray(ref["tokens"])
+    p_f32 = jax.nn.softmax(f32_model.apply({"params": f32_params}, tokens))
+    p_nf4 = jax.nn.softmax(model.apply({"params": params}, tokens))
+    tv = 0.5 * np.abs(np.asarray(p_f32 - p_nf4)).sum(-1)
+    assert 0 < tv.mean() < 0.25, tv.mean()
