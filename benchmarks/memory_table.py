@@ -47,6 +47,7 @@ ROWS = [
     ("Llama-3.2-1B QLoRA (NF4), 4 x 512", "configs/llama32_1b_lora.py:qlora", []),
     ("Llama-3.2-3B QLoRA (NF4), 4 x 512", "configs/llama32_1b_lora.py:qlora", [], "llama-3.2-3b"),
     ("Llama-2-7B QLoRA (NF4), 2 x 512", "configs/llama2_7b_qlora.py", []),
+    ("MoE GPT 255M (12 x 768, 8 experts of 1536, top-2; 85M active), 2 x 16 x 512", "configs/moe_gpt.py", []),
 ]
 
 MiB = 1024 ** 2

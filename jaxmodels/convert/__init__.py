@@ -19,6 +19,7 @@ CONVERTERS = {
     "llama": "jaxmodels.convert.llama",
     "mistral": "jaxmodels.convert.llama",
     "qwen2": "jaxmodels.convert.llama",
+    "mixtral": "jaxmodels.convert.llama",
     "mamba": "jaxmodels.convert.mamba",
     "rwkv": "jaxmodels.convert.rwkv",
 }

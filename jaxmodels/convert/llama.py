@@ -1,4 +1,4 @@
-"""Hugging Face LLaMA / Mistral / Qwen2 folders <-> jaxmodels.models.llama params.
+"""Hugging Face LLaMA / Mistral / Qwen2 / Mixtral folders <-> jaxmodels.models.llama params.
 
     model, params = from_hf(folder, hf_config)                 # f32 base model
     model, params = from_hf(folder, hf_config, quant="nf4")    # NF4 base, quantised per tensor
@@ -10,6 +10,7 @@ index, f32 or bf16: safetensors' numpy loader returns ml_dtypes.bfloat16, cast t
 tensor), transposed to our [in, out] kernels and written into a preallocated stacked
 [n_layers, ...] array, so the host never holds the model twice; with quant="nf4" each
 projection is quantised as it is read, so only one f32 matrix exists at a time.
+Mixtral's MoE tensors are mapped by jaxmodels.convert.mixtral (hooks marked "Mixtral").
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.config import ConfigError
+from jaxmodels.convert import mixtral
 from jaxmodels.convert.safetensors_io import SafetensorsFolder, save_folder
 from jaxmodels.layers import quant
 from jaxmodels.layers.lora import LORA_LEAVES, merge_lora
 
-MODEL_TYPES = ("llama", "mistral", "qwen2")
+MODEL_TYPES = ("llama", "mistral", "qwen2", "mixtral")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "generation_config.json")
 
@@ -86,8 +88,10 @@ def config_from_hf(hf: Mapping[str, Any]) -> dict:
             raise ConfigError("Qwen2 with use_sliding_window=true (per-layer windows) is not supported")
     elif hf.get("attention_bias", False):
         fields.update(qkv_bias=True, o_bias=True)
-    if model_type == "mistral" and hf.get("sliding_window"):
+    if model_type in ("mistral", "mixtral") and hf.get("sliding_window"):
         fields["sliding_window"] = int(hf["sliding_window"])
+    if model_type == "mixtral":
+        fields.update(mixtral.config_fields(hf))
     return fields
 
 
@@ -115,6 +119,10 @@ def hf_tensor_reader(folder: str) -> Callable[[str, Optional[int]], np.ndarray]:
 
     def read(module_leaf: str, layer: Optional[int]) -> np.ndarray:
         module, leaf = module_leaf.rsplit("/", 1) if "/" in module_leaf else (module_leaf, "")
+        if module.split("/")[0] == "moe":  # Mixtral ("moe/gate_proj/kernel" when NF4)
+            from jaxmodels.convert import read_hf_config
+            experts = int(read_hf_config(folder)["num_local_experts"])
+            return mixtral.read(st.get, module_leaf.split("/")[1], layer, experts)
         if layer is None:
             base = TOP_LEVEL[module_leaf if module_leaf == "embed" else module]
         else:
@@ -203,6 +211,8 @@ def load_into(params: Mapping, folder: str, cfg) -> dict:
 
         def read(module_leaf: str, layer: Optional[int]) -> np.ndarray:
             key = ("layers/" if layer is not None else "") + module_leaf
+            if key not in loaded_flat and key.startswith("layers/moe/"):
+                key = key[: -len("/kernel")] if key.endswith("/kernel") else key  # NF4 experts
             if key not in loaded_flat:
                 raise ConfigError(f"{folder}: no tensor {key!r} (has e.g. {sorted(loaded_flat)[:4]})")
             value = np.asarray(loaded_flat[key], np.float32)
@@ -238,7 +248,10 @@ def from_hf(folder: str, hf_config: Mapping[str, Any], **overrides):
 
     if overrides.get("lora_rank", 0):
         raise ConfigError("from_hf loads base models; set lora_rank in a config that uses init_from")
-    cfg = Config(**{**config_from_hf(hf_config), **overrides})
+    fields = config_from_hf(hf_config)
+    if hf_config.get("model_type") == "mixtral":
+        fields.update(mixtral.training_fields(hf_config))
+    cfg = Config(**{**fields, **overrides})
     model = Llama(cfg)
     return model, load_into(abstract_params(model), folder, cfg)
 
@@ -284,7 +297,9 @@ def base_params(model, params: Mapping) -> dict:
 
 def hf_config_from(cfg) -> dict:
     """An HF config.json dict for our Config (llama, or mistral / qwen2 when they apply)."""
-    if cfg.sliding_window:
+    if cfg.is_moe:
+        model_type, arch = "mixtral", "MixtralForCausalLM"
+    elif cfg.sliding_window:
         model_type, arch = "mistral", "MistralForCausalLM"
     elif cfg.qkv_bias and not cfg.o_bias:
         model_type, arch = "qwen2", "Qwen2ForCausalLM"
@@ -312,6 +327,8 @@ def hf_config_from(cfg) -> dict:
         hf["sliding_window"] = cfg.sliding_window
     if model_type == "qwen2":
         hf.update(use_sliding_window=False, sliding_window=None)
+    if model_type == "mixtral":
+        hf.update(mixtral.hf_config(cfg))
     if (cfg.qkv_bias != cfg.o_bias and model_type != "qwen2") or (cfg.mlp_bias and model_type != "llama"):
         raise ConfigError("this bias combination has no HF architecture")
     return hf
@@ -335,6 +352,8 @@ def to_hf(model, params: Mapping, folder: str, dtype=np.float32, tokenizer_from:
                 tensor = value[i].T if kind == "kernel" else value[i]
                 suffix = "bias" if kind == "bias" else "weight"
                 tensors[f"model.layers.{i}.{theirs}.{suffix}"] = tensor
+        if cfg.is_moe:
+            tensors.update(mixtral.tensors(flat, i))
     tensors["model.norm.weight"] = flat["norm/scale"]
     if not cfg.tie_embeddings:
         tensors["lm_head.weight"] = flat["lm_head/kernel"].T

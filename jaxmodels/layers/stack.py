@@ -44,7 +44,8 @@ def scan_blocks(block_cls, n_layers: int, policy: str = "none", *, in_axes=(),
     block = remat_block(block_cls, policy, static_argnums)
     scanned = nn.scan(
         block,
-        variable_axes={"params": 0},
+        # "moe": router losses and loads sown per layer by jaxmodels.layers.moe.
+        variable_axes={"params": 0, "moe": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=in_axes,
         length=n_layers,

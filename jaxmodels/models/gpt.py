@@ -27,14 +27,15 @@ from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.dropout import Dropout
 from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.mlp import GELU_KINDS, GeluMLP
+from jaxmodels.layers.moe import MoE, MoEFields, moe_ffn_params, moe_stack
 from jaxmodels.layers.norms import LayerNorm
-from jaxmodels.layers.stack import REMAT_POLICIES, scan_blocks
+from jaxmodels.layers.stack import REMAT_POLICIES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(MoEFields):   # moe_* fields: jaxmodels.layers.moe (GELU experts, 4*n_embd wide by default)
     vocab_size: int = 50257
     block_size: int = 1024          # context length = number of learned positions
     n_layer: int = 12
@@ -53,6 +54,7 @@ class Config:
         check_choice("gpt", "remat", self.remat, REMAT_POLICIES)
         if self.n_embd % self.n_head:
             raise ConfigError(f"gpt model.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        self.check_moe("gpt", self.n_layer)
 
     @property
     def head_dim(self) -> int:
@@ -91,12 +93,18 @@ def build(cfg: Mapping[str, Any]) -> "GPT":
     return GPT(sized_config(Config, SIZES, cfg, "gpt"))
 
 
-def num_params(cfg: Config, include_positions: bool = True) -> int:
-    """Parameter count from the config (the tied head is counted once, with wte)."""
+def num_params(cfg: Config, include_positions: bool = True, active: bool = False) -> int:
+    """Parameter count from the config (the tied head is counted once, with wte). With MoE:
+    all experts, or with active=True the top_k experts a token uses (FLOPs)."""
     C, L, b = cfg.n_embd, cfg.n_layer, int(cfg.bias)
     ln = C * (1 + b)
     per_layer = 2 * ln + (3 * C * C + 3 * C * b) + (C * C + C * b) + (4 * C * C + 4 * C * b) + (4 * C * C + C * b)
     total = cfg.vocab_size * C + L * per_layer + ln
+    if cfg.is_moe:
+        # MoE layers: the dense MLP (8C^2 + 5C biases) becomes E experts (+ router).
+        moe_total, moe_active = moe_ffn_params("gelu", C, cfg.moe_hidden or 4 * C, cfg.moe_experts,
+                                               cfg.moe_top_k, cfg.bias)
+        total += (L // cfg.moe_every) * ((moe_active if active else moe_total) - (8 * C * C + 5 * C * b))
     return total + (cfg.block_size * C if include_positions else 0)
 
 
@@ -137,6 +145,7 @@ class Block(nn.Module):
     """One pre-LN transformer block; `(x, cache, pos) -> (x, new cache)` for nn.scan."""
     cfg: Config
     deterministic: bool = True
+    moe: bool = False               # this layer's FFN is the MoE (params h/moe/...)
 
     @nn.compact
     def __call__(self, x_BTC: jax.Array, cache: Optional[dict] = None,
@@ -147,9 +156,18 @@ class Block(nn.Module):
         h_BTC, cache = CausalSelfAttention(cfg, self.deterministic, name="attn")(h_BTC, cache, pos)
         x_BTC = x_BTC + h_BTC.astype(x_BTC.dtype)
         h_BTC = LayerNorm(use_bias=cfg.bias, dtype=dtype, name="ln_2")(x_BTC)
-        h_BTC = GeluMLP(use_bias=cfg.bias, gelu=cfg.gelu, dropout=cfg.dropout, dtype=dtype,
-                        kernel_init=_init(0.02), proj_init=_init(0.02 / math.sqrt(2 * cfg.n_layer)),
-                        name="mlp")(h_BTC, deterministic=self.deterministic)
+        proj_init = _init(0.02 / math.sqrt(2 * cfg.n_layer))
+        if self.moe:
+            h_BTC = MoE(cfg.moe_experts, cfg.moe_top_k, cfg.moe_hidden or 4 * cfg.n_embd, kind="gelu",
+                        gelu=cfg.gelu, use_bias=cfg.bias, router=cfg.moe_router,
+                        dispatch=cfg.moe_dispatch, capacity_factor=cfg.moe_capacity_factor,
+                        jitter=cfg.moe_jitter, dtype=dtype, kernel_init=_init(0.02),
+                        proj_init=proj_init, name="moe")(h_BTC, deterministic=self.deterministic)
+            h_BTC = Dropout(cfg.dropout)(h_BTC, deterministic=self.deterministic)
+        else:
+            h_BTC = GeluMLP(use_bias=cfg.bias, gelu=cfg.gelu, dropout=cfg.dropout, dtype=dtype,
+                            kernel_init=_init(0.02), proj_init=proj_init,
+                            name="mlp")(h_BTC, deterministic=self.deterministic)
         return x_BTC + h_BTC.astype(x_BTC.dtype), cache
 
 
@@ -175,13 +193,13 @@ class GPT(nn.Module):
 
         unroll = 1 if cfg.scan_layers else cfg.n_layer
         if decode_state is None:
-            blocks = scan_blocks(Block, cfg.n_layer, cfg.remat, unroll=unroll, name="h",
-                                 cfg=cfg, deterministic=not train)
+            blocks = moe_stack(Block, cfg.n_layer, cfg, cfg.remat, unroll=unroll, name="h",
+                               cfg=cfg, deterministic=not train)
             x_BTC, _ = blocks(x_BTC)
         else:
             # The per-layer caches are scanned over (axis 0); the position is shared.
-            blocks = scan_blocks(Block, cfg.n_layer, "none", in_axes=(0, nn.broadcast),
-                                 unroll=unroll, name="h", cfg=cfg, deterministic=not train)
+            blocks = moe_stack(Block, cfg.n_layer, cfg, "none", in_axes=(0, nn.broadcast),
+                               unroll=unroll, name="h", cfg=cfg, deterministic=not train)
             x_BTC, decode_state = blocks(x_BTC, decode_state, start)
 
         x_BTC = LayerNorm(use_bias=cfg.bias, dtype=cfg.compute_dtype, name="ln_f")(x_BTC)
@@ -214,5 +232,5 @@ class GPT(nn.Module):
         N counts every parameter except the position embeddings (the tied head once).
         """
         cfg = self.cfg
-        n = num_params(cfg, include_positions=False)
+        n = num_params(cfg, include_positions=False, active=True)
         return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len

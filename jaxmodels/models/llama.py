@@ -33,15 +33,15 @@ from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
 from jaxmodels.layers.lm_head import HeadInput, lm_head
 from jaxmodels.layers.lora import QUANT_KINDS, LoRADense, lora_trainable_mask
 from jaxmodels.layers.mlp import SwiGLUMLP
+from jaxmodels.layers.moe import MoE, MoEFields, moe_ffn_params, moe_stack
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.rope import ROPE_TYPES, apply_rope, rope_cos_sin, rope_inv_freq
-from jaxmodels.layers.stack import scan_blocks
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "head")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(MoEFields):  # moe_* fields: jaxmodels.layers.moe (SwiGLU experts: Mixtral)
     vocab_size: int = 32000
     dim: int = 4096               # hidden_size
     n_layers: int = 32
@@ -86,6 +86,9 @@ class Config:
             raise ConfigError(f"unknown lora_targets {bad}; valid: {', '.join(LORA_TARGETS)}")
         if self.tie_embeddings and "head" in self.lora_targets and self.lora_rank > 0:
             raise ConfigError("LoRA on the head needs an untied lm_head (tie_embeddings=False)")
+        self.check_moe("llama", self.n_layers)
+        if self.is_moe and self.mlp_bias:
+            raise ConfigError("llama MoE experts have no biases (Mixtral): set mlp_bias=False")
 
     @property
     def dh(self) -> int:
@@ -132,8 +135,9 @@ def build(cfg: Mapping[str, Any]) -> "Llama":
     return Llama(sized_config(Config, SIZES, cfg, "llama"))
 
 
-def num_params(cfg: Config, include_embedding: bool = True) -> int:
-    """Parameter count of the base model (no adapters); the tied head counts once."""
+def num_params(cfg: Config, include_embedding: bool = True, active: bool = False) -> int:
+    """Parameter count of the base model (no adapters); the tied head counts once. With MoE:
+    all experts, or with active=True the top_k experts a token uses (FLOPs)."""
     D, F, Dh = cfg.dim, cfg.hidden_dim, cfg.dh
     attn = D * Dh * (cfg.n_heads * 2 + cfg.n_kv_heads * 2)
     if cfg.qkv_bias or cfg.o_bias:
@@ -142,6 +146,10 @@ def num_params(cfg: Config, include_embedding: bool = True) -> int:
         attn += D
     mlp = 3 * D * F + (2 * F + D if cfg.mlp_bias else 0)
     total = cfg.n_layers * (attn + mlp + 2 * D) + D
+    if cfg.is_moe:
+        moe_total, moe_active = moe_ffn_params("swiglu", D, cfg.moe_hidden or F, cfg.moe_experts,
+                                               cfg.moe_top_k, False)
+        total += (cfg.n_layers // cfg.moe_every) * ((moe_active if active else moe_total) - mlp)
     total += cfg.vocab_size * D * (1 if cfg.tie_embeddings else 2)
     if not include_embedding and not cfg.tie_embeddings:
         total -= cfg.vocab_size * D
@@ -196,6 +204,7 @@ class Block(nn.Module):
     """One pre-norm block; `(x, cache, pos) -> (x, new cache)` for nn.scan."""
     cfg: Config
     deterministic: bool = True
+    moe: bool = False       # this layer's FFN is the MoE (params layers/moe/...; Mixtral's block_sparse_moe)
 
     @nn.compact
     def __call__(self, x_BTD: jax.Array, cache: Optional[dict] = None,
@@ -207,10 +216,19 @@ class Block(nn.Module):
         h_BTD, cache = Attention(cfg, self.deterministic, name="attn")(h_BTD, cache, pos)
         x_BTD = x_BTD + h_BTD.astype(x_BTD.dtype)
         h_BTD = RMSNorm(eps=cfg.norm_eps, dtype=dtype, name="mlp_norm")(x_BTD)
-        dense = _mlp_dense(cfg, self.deterministic)
-        h_BTD = SwiGLUMLP(hidden=cfg.hidden_dim, use_bias=cfg.mlp_bias, dtype=dtype,
-                          kernel_init=nn.initializers.normal(cfg.init_std), dense=dense,
-                          name="mlp")(h_BTD)
+        if self.moe:
+            h_BTD = MoE(cfg.moe_experts, cfg.moe_top_k, cfg.moe_hidden or cfg.hidden_dim, kind="swiglu",
+                        router=cfg.moe_router, dispatch=cfg.moe_dispatch,
+                        capacity_factor=cfg.moe_capacity_factor, jitter=cfg.moe_jitter, dtype=dtype,
+                        quant=cfg.quant,
+                        kernel_init=nn.initializers.normal(cfg.init_std),
+                        router_init=nn.initializers.normal(cfg.init_std),
+                        name="moe")(h_BTD, deterministic=self.deterministic)
+        else:
+            dense = _mlp_dense(cfg, self.deterministic)
+            h_BTD = SwiGLUMLP(hidden=cfg.hidden_dim, use_bias=cfg.mlp_bias, dtype=dtype,
+                              kernel_init=nn.initializers.normal(cfg.init_std), dense=dense,
+                              name="mlp")(h_BTD)
         return x_BTD + h_BTD.astype(x_BTD.dtype), cache
 
 
@@ -245,13 +263,13 @@ class Llama(nn.Module):
         start = jnp.zeros((), jnp.int32) if pos is None else jnp.asarray(pos, jnp.int32)
         unroll = 1 if cfg.scan_layers else cfg.n_layers
         if decode_state is None:
-            blocks = scan_blocks(Block, cfg.n_layers, cfg.remat, unroll=unroll, name="layers",
-                                 cfg=cfg, deterministic=not train)
+            blocks = moe_stack(Block, cfg.n_layers, cfg, cfg.remat, unroll=unroll, name="layers",
+                               cfg=cfg, deterministic=not train)
             x_BTD, _ = blocks(x_BTD)
         else:
             # Per-layer caches are scanned over (axis 0); the position is shared.
-            blocks = scan_blocks(Block, cfg.n_layers, "none", in_axes=(0, nn.broadcast),
-                                 unroll=unroll, name="layers", cfg=cfg, deterministic=not train)
+            blocks = moe_stack(Block, cfg.n_layers, cfg, "none", in_axes=(0, nn.broadcast),
+                               unroll=unroll, name="layers", cfg=cfg, deterministic=not train)
             x_BTD, decode_state = blocks(x_BTD, decode_state, start)
         x_BTD = RMSNorm(eps=cfg.norm_eps, dtype=dtype, name="norm")(x_BTD)
         if cfg.tie_embeddings:
@@ -298,7 +316,7 @@ class Llama(nn.Module):
         (4N instead of 6N); this keeps the usual 6N for comparability.
         """
         cfg = self.cfg
-        n = num_params(cfg, include_embedding=False)
+        n = num_params(cfg, include_embedding=False, active=True)
         return 6.0 * n + 12.0 * cfg.n_layers * cfg.n_heads * cfg.dh * seq_len
 
     @nn.nowrap

@@ -232,6 +232,8 @@ class LMTask(Task):
 
     def loss(self, params: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array,
              train: bool = True) -> tuple[jax.Array, dict]:
+        if getattr(getattr(self.model, "cfg", None), "is_moe", False):
+            return self.moe_loss(params, batch, rng, train)  # logits + the router losses
         if self.head_input_supported():
             out = self.logits(params, batch["inputs"], rng, train, head_input=True)
             if isinstance(out, HeadInput):  # else the family gave logits (e.g. a LoRA head)
@@ -239,6 +241,21 @@ class LMTask(Task):
         else:
             out = self.logits(params, batch["inputs"], rng, train)
         return token_cross_entropy(out, batch["targets"], batch["mask"])
+
+    def moe_loss(self, params: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array,
+                 train: bool = True) -> tuple[jax.Array, dict]:
+        """Mixture-of-Experts models: cross-entropy plus, in training, the router losses of
+        every MoE layer (model.moe_aux_weight * Switch balance + model.moe_z_weight * z-loss,
+        jaxmodels.layers.moe). aux carries "ce" and the routing metrics (loads, drops,
+        entropy). Evaluation returns the cross-entropy alone, comparable with a dense model."""
+        from jaxmodels.layers.moe import collect
+
+        kwargs = dict(train=True, rngs={"dropout": rng}) if train else {}
+        logits_BTV, state = self.model.apply({"params": params}, batch["inputs"], mutable=["moe"], **kwargs)
+        ce, aux = token_cross_entropy(logits_BTV, batch["targets"], batch["mask"])
+        cfg = self.model.cfg
+        router_loss, metrics = collect(state.get("moe", {}), cfg.moe_aux_weight, cfg.moe_z_weight)
+        return (ce + router_loss if train else ce), {**aux, **metrics, "ce": ce}
 
     def units_per_example(self, batch: Optional[Mapping[str, Any]] = None) -> float:
         return float(self.seq_len)

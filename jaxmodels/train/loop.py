@@ -236,6 +236,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                         post[f"{task.unit}/s"] = f"{rate * units_per_batch:,.0f}"
                     if "mfu" in m:
                         post["mfu"] = f"{100 * m['mfu']:.1f}%"
+                    if "moe_aux" in m:  # Mixture-of-Experts routing (jaxmodels.layers.moe)
+                        post["moe_aux"] = f"{m['moe_aux']:.3f}"
+                        post["dropped"] = f"{100 * m['moe_dropped']:.1f}%"
                     bar.set_postfix(post, refresh=False)
                 t_mark, steps_since_mark = time.perf_counter(), 0
             if bar is not None:
