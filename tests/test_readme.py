@@ -125,6 +125,7 @@ TINY_LLAMA = ("--config.model.dim=32 --config.model.n_layers=2 --config.model.n_
 QLORA = ("python -m launch.train --config configs/llama2_7b_qlora.py "
          f"--config.init_from={LLAMA} --config.data.vocab_path={LLAMA} " + TINY_LLAMA)
 SMOKE_LM = "--config.train.steps=4 --config.train.eval_every=2 --config.train.checkpoint_every=2"
+MOE_DENSE = "python -m launch.train --config configs/moe_gpt.py:dense_cpu " + QUICK
 BITNET_RUN = f"python -m launch.train --config configs/bitnet_b158.py:smoke --workdir runs/bitnet_b158_cpu {SMOKE_LM}"
 
 TINY: dict[str, Tiny] = {
@@ -214,6 +215,25 @@ TINY: dict[str, Tiny] = {
     )),
     'python -m launch.generate --workdir runs/bitnet_b158_cpu --packed --prompt "def "': Tiny((
         BITNET_RUN, "python -m launch.generate --workdir runs/bitnet_b158_cpu --packed --prompt 'def ' --max_new_tokens 8",
+    )),
+    # --- Mixture-of-Experts
+    "python -m launch.train --config configs/moe_gpt.py:cpu": Tiny((
+        f"python -m launch.train --config configs/moe_gpt.py:smoke {SMOKE_LM}",
+    )),
+    "python -m launch.train --config configs/moe_gpt.py:dense_cpu": Tiny((MOE_DENSE,)),
+    "python -m launch.upcycle --from runs/moe_gpt_dense_cpu --experts 8 --top-k 2 --out upcycled": Tiny((
+        MOE_DENSE, "python -m launch.upcycle --from runs/moe_gpt_dense_cpu --experts 8 --top-k 2 --out upcycled",
+    )),
+    "python -m launch.train --config configs/moe_gpt.py:cpu --config.model.moe_hidden=0 --config.init_from=upcycled --workdir runs/upcycled": Tiny((
+        MOE_DENSE, "python -m launch.upcycle --from runs/moe_gpt_dense_cpu --experts 8 --top-k 2 --out upcycled",
+        "python -m launch.train --config configs/moe_gpt.py:cpu --config.model.moe_hidden=0 "
+        "--config.init_from=upcycled --workdir runs/upcycled " + QUICK,
+    )),
+    # docs/merge_moe.yaml as shipped, its three model folders standing in for the tiny Llama fixture
+    "python -m launch.merge_moe --config docs/merge_moe.yaml --out frankenmoe": Tiny((
+        "python -c \"import os; os.symlink('{root}/docs', 'docs'); os.makedirs('models'); "
+        "[os.symlink('{fixtures}/llama/llama', 'models/' + n) for n in ('base-chat', 'code-tuned', 'story-tuned')]\"",
+        "python -m launch.merge_moe --config docs/merge_moe.yaml --out frankenmoe",
     )),
     "python -m launch.memory --config configs/X.py": Tiny((
         "python -m launch.memory --config configs/gpt_shakespeare_char.py:smoke",
