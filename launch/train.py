@@ -49,12 +49,18 @@ def main(argv=None) -> int:
         workdir = args.workdir or cfg.train.get("workdir", "") or default_workdir(args.config)
         from jaxmodels.train.loop import train
         train(cfg, workdir)
-    except ConfigError as e:
+    except ConfigError as e:  # also data errors (DataNotFoundError, DataError), lock, mismatch
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # TrainingDivergedError
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # CheckpointSaveError (full disk), unreadable files
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer caught signals
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     return 0
 
 

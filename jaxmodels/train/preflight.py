@@ -24,14 +24,15 @@ def check_eval_inputs(task, cfg: ml_collections.ConfigDict) -> None:
     if int(tc.eval_batches) <= 0:
         return
     eval_bs = int(tc.batch_size) // int(tc.micro_batches)
+    from jaxmodels.data.sources import DataError, DataNotFoundError
     try:
         next(iter(task.dataset("val", eval_bs, int(tc.seed))))
-    except ConfigError:
-        raise
+    except (DataError, DataNotFoundError):
+        raise  # about the data itself, not the eval batch: its own message says what to fix
     except StopIteration:
         raise ConfigError(f"the val split yields no batch of {eval_bs} (train.batch_size / train.micro_batches): "
                           f"give it more examples (data.val_size) or lower train.batch_size") from None
-    except (ValueError, IndexError) as e:
+    except (ValueError, IndexError) as e:  # ConfigError included
         raise ConfigError(f"evaluation cannot run: {e}. The eval batch is train.batch_size / "
                           f"train.micro_batches = {eval_bs}: lower it, give the val split more examples "
                           f"(data.val_size, more data), or set train.eval_batches=0") from None
