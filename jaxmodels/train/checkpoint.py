@@ -304,13 +304,19 @@ class Checkpointer:
                 f"init_from={old_init!r}; the base built now has other weights). Resume with the "
                 f"same seed and init_from weights, or pass a fresh --workdir.")
 
-    def _set_aside(self, damaged: list[int]) -> None:
+    def restore_step(self, step: int, abstract_state: PyTree, base_state=None):
+        """The state of checkpoint `step` (no fallback, no data position)."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(strip_frozen(abstract_state, self.trainable))))["state"]
+        return fill_frozen(restored, base_state(), self.trainable) if self.trainable is not None else restored
+
+    def _set_aside(self, damaged: list[int], folder: str = "damaged_checkpoints") -> None:
         """Moves damaged checkpoints newer than the restored one to workdir/damaged_checkpoints/,
         so the resumed run can save those steps again (and the files stay for inspection)."""
         if not damaged:
             return
         self.manager.wait_until_finished()
-        aside = os.path.join(os.path.abspath(self.workdir), "damaged_checkpoints")
+        aside = os.path.join(os.path.abspath(self.workdir), folder)
         os.makedirs(aside, exist_ok=True)
         for step in damaged:
             src = os.path.join(checkpoint_dir(self.workdir), str(step))

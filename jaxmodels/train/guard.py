@@ -9,6 +9,7 @@ it) said finite: the kept "last good" checkpoint is finite by construction.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import ml_collections
 
@@ -33,6 +34,33 @@ class StepGuard:
         return (f"the last good checkpoint (step {self.last_saved}) in {self.workdir} is kept"
                 if self.last_saved >= 0 else "no checkpoint had been saved yet")
 
+    def _diverged(self, reason: str, advice: str) -> TrainingDivergedError:
+        err = TrainingDivergedError(f"{reason}; stopped: {self._kept()}. {advice}")
+        err.reason, err.advice = reason, advice
+        return err
+
+    def vet_kept(self, err: TrainingDivergedError, steps: list, loss_at: Callable[[int], float],
+                 set_aside: Callable[[int], None]) -> TrainingDivergedError:
+        """A finite checkpoint can still be useless: params of 1e30 are finite, but the next
+        loss from them is NaN whatever the lr. So after a divergence, each kept checkpoint
+        (newest first) computes one val batch's loss; those whose loss is not finite are set
+        aside until one is, and the error names the checkpoint a re-run will really resume from."""
+        moved = []
+        for step in reversed(steps):
+            try:
+                loss = float(loss_at(step))
+            except Exception:  # noqa: BLE001  (unreadable: restore's own fallback handles it)
+                break
+            if math.isfinite(loss):
+                break
+            set_aside(step)
+            moved.append(step)
+        left = [s for s in steps if s not in moved]
+        self.last_saved = left[-1] if left else -1
+        note = (f" Checkpoint(s) {moved} give a non-finite val loss themselves (their params already "
+                f"overflowed): moved to {self.workdir}/diverged_checkpoints." if moved else "")
+        return TrainingDivergedError(f"{err.reason}; stopped: {self._kept()}.{note} {err.advice}")
+
     def inspect(self, fetched: list) -> bool:
         """fetched: [(step, metrics dict)]; pops the internal "finite" flag from each dict.
         Raises TrainingDivergedError, or returns True when the run should roll back."""
@@ -49,13 +77,13 @@ class StepGuard:
                 continue
             bad = [k for k in ("loss", "grad_norm") if not math.isfinite(float(m[k]))]
             if bad:
-                raise TrainingDivergedError(
-                    f"{' and '.join(bad)} became {float(m[bad[0]])} at step {s}; stopped: {self._kept()}. "
-                    f"Lower optim.lr, raise optim.warmup_steps, or check the data.")
+                raise self._diverged(f"{' and '.join(bad)} became {float(m[bad[0]])} at step {s}",
+                                     "Lower optim.lr, raise optim.warmup_steps, or check the data "
+                                     "(train.skip_loss_z skips such steps instead).")
             if not finite:
-                raise TrainingDivergedError(
+                raise self._diverged(
                     f"the params or optimizer state became NaN/inf in the update of step {s} (loss "
-                    f"{float(m['loss']):.4g} and gradient norm {float(m['grad_norm']):.4g} were finite); "
-                    f"stopped before saving it: {self._kept()}. Lower optim.lr (now the update "
-                    f"overflows), or set train.skip_loss_z to skip such steps.")
+                    f"{float(m['loss']):.4g} and gradient norm {float(m['grad_norm']):.4g} were finite), "
+                    f"so it was not saved", "Lower optim.lr (the update overflows), or set "
+                    "train.skip_loss_z to skip such steps.")
         return rollback

@@ -75,6 +75,26 @@ def _rollback(ckpt: Checkpointer, abstract_state, base_state, state, step: int, 
     return state.replace(params=good.params, opt_state=good.opt_state, ema=good.ema)
 
 
+def _vetted(err, guard: StepGuard, ckpt: Checkpointer, abstract_state, base_state, task, eval_step,
+            cfg, split_sharding) -> TrainingDivergedError:
+    """The divergence error after setting aside kept checkpoints that diverge by themselves."""
+    if not hasattr(err, "reason"):
+        return err
+    ckpt.wait()
+    eval_bs = int(cfg.train.batch_size) // int(cfg.train.micro_batches)
+    batch = _host_batch(next(iter(task.dataset("val", eval_bs, int(cfg.train.seed)))),
+                        task.abstract_batch(eval_bs), split_sharding)
+
+    def loss_at(step: int) -> float:
+        params = ckpt.restore_step(step, abstract_state, base_state).params
+        return float(jax.device_get(eval_step(params, batch)[0]))
+
+    def set_aside(step: int) -> None:
+        ckpt._set_aside([step], "diverged_checkpoints")
+
+    return guard.vet_kept(err, ckpt.all_steps(), loss_at, set_aside)
+
+
 def _host_batch(batch: dict, abstract: dict, split_sharding) -> dict:
     """numpy batch with the abstract batch's dtypes (the compiled step is typed exactly)."""
     missing = sorted(set(batch) - set(abstract))
@@ -243,8 +263,11 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: "_StopFlag") -> d
                 continue
             fetched = jax.device_get(pending)
             pending = []
-            if guard.inspect(fetched):  # train.rollback_after skipped steps in a row
-                state = _rollback(ckpt, abstract_state, base_state, state, step, guard)
+            try:
+                if guard.inspect(fetched):  # train.rollback_after skipped steps in a row
+                    state = _rollback(ckpt, abstract_state, base_state, state, step, guard)
+            except TrainingDivergedError as e:
+                raise _vetted(e, guard, ckpt, abstract_state, base_state, task, eval_step, cfg, split) from None
             now = time.perf_counter()
             rate = steps_since_mark / (now - t_mark) if steps_since_mark else 0.0
             if do_log:
