@@ -6,13 +6,19 @@
 Re-running the same command resumes from the newest good checkpoint in the workdir
 (default runs/<config name>[_<variant>]).
 """
-from launch import _env  # noqa: F401  (must come before jax)
+from jaxmodels.train.stopflag import StopFlag  # standard library only: catch Ctrl-C from here on
 
-import argparse
-import os
-import sys
+# Run as a program: train() takes over a signal caught while importing (launch.memory imports
+# this module for its argument parsing and keeps the default Ctrl-C).
+_EARLY_STOP = StopFlag().install() if __name__ == "__main__" else None
 
-from jaxmodels.config import ConfigError, load_config
+from launch import _env  # noqa: F401,E402  (must come before jax)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from jaxmodels.config import ConfigError, load_config  # noqa: E402
 
 
 def parse(argv: list[str], description: str, workdir: bool = True):

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Optional
 
@@ -31,33 +29,11 @@ from jaxmodels.train.checkpoint import (Checkpointer, abstract_with_sharding, ch
 from jaxmodels.train.guard import StepGuard, TrainingDivergedError  # noqa: F401  (re-exported)
 from jaxmodels.train.lock import WorkdirLock
 from jaxmodels.train.metrics import MetricsWriter, truncate_after
+from jaxmodels.train.stopflag import StopFlag
 from jaxmodels.train.preflight import check_eval_inputs, check_resume_step, has_eval_line, run_eval_safely
 from jaxmodels.train.step import jit_train_step, make_eval_step, make_mesh, make_train_step, shardings
 
 log = logging.getLogger(__name__)
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and returns."""
-
-    def __init__(self):
-        self.signal: Optional[int] = None
-        self.previous = {}
-
-    def install(self):
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop without waiting for the save
-        self.signal = signum
-
-    def uninstall(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
 
 
 def _rollback(ckpt: Checkpointer, abstract_state, base_state, state, step: int, guard: StepGuard):
@@ -145,7 +121,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     from jaxmodels.config import validate_config
     validate_config(cfg)
     workdir = os.path.abspath(workdir)
-    stop = _StopFlag()
+    stop = StopFlag()
     stop.install()  # before anything slow: an early Ctrl-C sets the flag, never a half-built run
     try:
         with WorkdirLock(workdir):
@@ -154,7 +130,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         stop.uninstall()
 
 
-def _stopped_early(stop: "_StopFlag", what: str) -> bool:
+def _stopped_early(stop: StopFlag, what: str) -> bool:
     if stop.signal is None:
         return False
     print(f"\nstopped by signal {stop.signal} {what}; nothing new to save. "
@@ -162,8 +138,10 @@ def _stopped_early(stop: "_StopFlag", what: str) -> bool:
     return True
 
 
-def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: "_StopFlag") -> dict:
+def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict:
     os.makedirs(workdir, exist_ok=True)
+    if _stopped_early(stop, "before the run started"):
+        return {}
     tc = cfg.train
     total_steps, batch_size = int(tc.steps), int(tc.batch_size)
     task = build_task(cfg)
