@@ -190,10 +190,8 @@ class Checkpointer:
     def _failed(self, step: Optional[int], error: Exception) -> CheckpointSaveError:
         """Cleans up after a failed save and says what is kept."""
         removed = self._remove_tmp() if self.writer else []
-        try:
-            kept = [s for s in self.manager.all_steps() if s != step]
-        except Exception:  # noqa: BLE001  (the message matters more than the list)
-            kept = []
+        folder = checkpoint_dir(self.workdir)
+        kept = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
         return CheckpointSaveError(
             f"saving checkpoint {step} in {checkpoint_dir(self.workdir)} failed ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200] if str(error) else ''}); "
@@ -214,6 +212,7 @@ class Checkpointer:
             extra["data_crc32"] = integrity.json_crc(data_iter.get_state())
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         items["meta"] = ocp.args.JsonSave(integrity.seal_meta({**meta, **extra}))
+        self.wait()  # the previous async save's error (e.g. a full disk) is reported as its own
         try:
             self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         except Exception as e:  # e.g. ENOSPC, or the previous async save's error
