@@ -10,9 +10,11 @@ import time
 import pytest
 
 from jaxmodels.train.checkpoint import load_params
-from jaxmodels.train.lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
 from jaxmodels.train.loop import train
 from tests.train.util import ROOT, TOY_CONFIG, toy_cfg
+
+
+LOCK_NAME = "train.lock"  # (a literal, so the behaviour tests also run against code without the lock)
 
 
 def _launch(workdir, *extra):
@@ -47,6 +49,7 @@ def test_second_run_on_same_workdir_is_refused(tmp_path):
 
 
 def test_lock_is_exclusive_readers_skip_it_and_errors_release_it(tmp_path):
+    from jaxmodels.train.lock import WorkdirLock, WorkdirLockedError
     workdir = str(tmp_path / "w")
     train(toy_cfg(train__steps=2, train__eval_every=0), workdir)
     with WorkdirLock(workdir):  # as if a run were training here
