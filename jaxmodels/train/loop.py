@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Optional
 
 import jax
 import ml_collections
