@@ -37,3 +37,18 @@ def test_resume_on_the_same_base_goes_on(lora_run, tmp_path):
     shutil.copytree(lora_run, workdir)
     train(load_config(SPEC, OVERRIDES[1:] + ["train.steps=6"]), workdir)
     assert Checkpointer(workdir).all_steps()[-1] == 6
+
+
+def test_fingerprint_sees_any_frozen_weight_and_ignores_adapters():
+    """What init_from changes (frozen weights of the same shapes) moves the fingerprint; the
+    adapters, which train, do not."""
+    import numpy as np
+    from jaxmodels.train.checkpoint import frozen_fingerprint
+    params = {"base": {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, "lora": {"a": np.ones(4, np.float32)}}
+    trainable = {"base": {"w": False}, "lora": {"a": True}}
+    fp = frozen_fingerprint(params, trainable)
+    other_base = {**params, "base": {"w": params["base"]["w"].copy()}}
+    other_base["base"]["w"][2, 3] += 1e-6  # one weight of another checkpoint
+    assert frozen_fingerprint(other_base, trainable) != fp
+    trained = {**params, "lora": {"a": np.zeros(4, np.float32)}}
+    assert frozen_fingerprint(trained, trainable) == fp
