@@ -237,7 +237,7 @@ class Checkpointer:
 
     def restore(self, abstract_state: PyTree, data_iter=None,
                 check_meta: Optional[Callable[[dict], None]] = None, set_aside: bool = True,
-                base_state: Optional[Callable[[], PyTree]] = None):
+                base_state: Optional[Callable[[], PyTree]] = None, steps: Optional[list[int]] = None):
         """Newest restorable checkpoint -> (step, state, meta); None when there is none.
 
         base_state: builds a fresh state whose frozen params fill the restored one (needed
@@ -248,8 +248,9 @@ class Checkpointer:
         never a reason to fall back.
         set_aside: move damaged newer checkpoints out of the way (a resuming run must, so
         it can save those steps again; a reader such as load_params need not).
+        steps: consider only these (default: all).
         """
-        steps = self.all_steps()
+        steps = self.all_steps() if steps is None else list(steps)
         errors = []
         base = None
         for step in reversed(steps):
@@ -373,10 +374,9 @@ def restore_newest(workdir: str, step: Optional[int] = None):
     abstract = abstract_with_sharding(setup.abstract_state)
     base = lambda: fresh_state(task, cfg, setup)  # noqa: E731  (frozen base of LoRA runs)
     ckpt = Checkpointer(workdir, async_save=False, trainable=setup.trainable)
-    if step is not None:
-        ckpt.all_steps = lambda: [step]  # restore exactly that one (with its checks)
     try:
-        found = ckpt.restore(abstract, set_aside=False, base_state=base)
+        found = ckpt.restore(abstract, set_aside=False, base_state=base,
+                             steps=None if step is None else [step])
     finally:
         ckpt.close()
     if found is None:
