@@ -114,10 +114,22 @@ def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: fl
             proc = subprocess.Popen(command(name, workdir), cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
             warm = sorted(durations)[len(durations) // 2]
-            delay = rng.uniform(0.2, warm) if out["kills"] < n else None
+            # Half the kills at a random moment of the process's life (mostly imports and
+            # compilation), half right after a random training step is logged (training and
+            # async saves): both kinds of moment get hit.
+            mode = ("time" if rng.random() < 0.5 else "step") if out["kills"] < n else "none"
             t0 = time.time()
+            finished = False
+            if mode == "step":
+                target = rng.randint(1, 30)
+                while proc.poll() is None:
+                    rows = logged(workdir)
+                    if rows and rows[-1][0] >= target:
+                        break
+                    time.sleep(0.02)
             try:
-                text, _ = proc.communicate(timeout=delay)
+                text, _ = proc.communicate(timeout=rng.uniform(0.2, warm) if mode == "time" else
+                                           (0 if mode == "step" else None))
                 finished = True
                 if reached is None:
                     durations.append(time.time() - t0)
@@ -125,7 +137,6 @@ def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: fl
                 os.kill(proc.pid, signal.SIGKILL)
                 text, _ = proc.communicate()
                 before = logged(workdir)  # what the killed run had logged, all of it
-                finished = False
             if reached is not None:  # this run followed a kill: how much was lost?
                 got = resumed_step(text)
                 out["resumed"] += int(got > 0)
