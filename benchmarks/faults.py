@@ -249,12 +249,17 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="trials per damage kind and run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="LM,DiT,LoRA")
+    parser.add_argument("--tag", default="", help="write faults_<tag>.json (runs split over processes)")
+    parser.add_argument("--merge", default="", help="comma-separated tags: combine their results into faults.*")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge.split(","))
     rng = random.Random(args.seed)
+    names = args.runs.split(",")
+    n_total = args.kills
     scratch = tempfile.mkdtemp(prefix="faults_")
     cache = os.path.join(scratch, "xla_cache")  # restarts reuse compiled steps (same executables)
     os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    names = args.runs.split(",")
     results = {"machine": machine(), "args": vars(args), "runs": {}}
     t_start = time.time()
     for i, name in enumerate(names):
@@ -264,7 +269,7 @@ def main(argv=None) -> int:
         if proc.returncode != 0:
             raise RuntimeError(f"{name} reference run failed:\n{proc.stderr[-3000:]}")
         seconds = time.time() - t0
-        n = args.kills // len(names) + (1 if i < args.kills % len(names) else 0)
+        n = n_total // len(names) + (1 if i < n_total % len(names) else 0)
         print(f"{name}: reference run {seconds:.1f} s; {n} kills", flush=True)
         r = {"reference_seconds": round(seconds, 1)}
         r["kills"] = kills(name, reference, n, rng, seconds, scratch)
@@ -274,6 +279,27 @@ def main(argv=None) -> int:
         r["disk"] = full_disk(name, reference, scratch)
         print(f"  disk: {json.dumps(r['disk'])}", flush=True)
         results["runs"][name] = r
+    results["minutes"] = round((time.time() - t_start) / 60, 1)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if args.tag:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        with open(os.path.join(RESULTS_DIR, f"faults_{args.tag}.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        return 0
+    return write(results, n_total, args.seed)
+
+
+def merge(tags: list[str]) -> int:
+    """Combines per-process results (--tag) into one table."""
+    parts = [json.load(open(os.path.join(RESULTS_DIR, f"faults_{t}.json"))) for t in tags]
+    results = {"machine": parts[-1]["machine"], "parts": [p["args"] for p in parts], "runs": {},
+               "minutes": max(p["minutes"] for p in parts)}
+    for p in parts:
+        results["runs"].update(p["runs"])
+    return write(results, sum(p["args"]["kills"] for p in parts), parts[0]["args"]["seed"], tags)
+
+
+def write(results: dict, n_total: int, seed: int, tags: list[str] | None = None) -> int:
     keys = ("kills", "resumed", "exact", "non_exact", "episodes", "false_damaged")
     totals = {k: sum(r["kills"][k] for r in results["runs"].values()) for k in keys}
     totals["max_lost"] = max(r["kills"]["max_lost"] for r in results["runs"].values())
@@ -281,19 +307,19 @@ def main(argv=None) -> int:
         totals[k if k != "non_exact" else "damage_non_exact"] = sum(r["damage"][k] for r in results["runs"].values())
     totals["damage_trials"] = sum(r["damage"]["trials"] for r in results["runs"].values())
     results["totals"] = totals
-    results["minutes"] = round((time.time() - t_start) / 60, 1)
     os.makedirs(RESULTS_DIR, exist_ok=True)
     with open(os.path.join(RESULTS_DIR, "faults.json"), "w") as f:
         json.dump(results, f, indent=1)
     md = table(results)
     m = results["machine"]
+    how = (f"`PYTHONPATH=. python -m benchmarks.faults --kills {n_total} --seed {seed}`" if not tags else
+           "three processes side by side, `PYTHONPATH=. python -m benchmarks.faults --runs X --kills 17 --tag X` "
+           f"for X in {', '.join(tags)}, then `python -m benchmarks.faults --merge {','.join(tags)}`")
     md += (f"\n\n{m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']}, {m['date_utc']}, "
-           f"{results['minutes']} min. `PYTHONPATH=. python -m benchmarks.faults --kills {args.kills} "
-           f"--seed {args.seed}`\n")
+           f"{results['minutes']} min. {how}\n")
     with open(os.path.join(RESULTS_DIR, "faults.md"), "w") as f:
         f.write(md)
     print(md)
-    shutil.rmtree(scratch, ignore_errors=True)
     bad = totals["undetected"] + totals["non_exact"] + totals["damage_non_exact"]
     return 1 if bad else 0
 
