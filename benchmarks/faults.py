@@ -121,10 +121,13 @@ def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: fl
             t0 = time.time()
             finished = False
             if mode == "step":
-                target = rng.randint(1, 30)
+                # A step this process logs itself: lines beyond those already in the file (a
+                # resumed run first truncates to its checkpoint, then re-logs from there).
+                target, start_lines = rng.randint(1, 30), len(logged(workdir))
                 while proc.poll() is None:
                     rows = logged(workdir)
-                    if rows and rows[-1][0] >= target:
+                    if len(rows) > start_lines and rows[-1][0] >= target or \
+                            (len(rows) < start_lines and rows and rows[-1][0] >= target):
                         break
                     time.sleep(0.02)
             try:
@@ -137,18 +140,22 @@ def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: fl
                 os.kill(proc.pid, signal.SIGKILL)
                 text, _ = proc.communicate()
                 before = logged(workdir)  # what the killed run had logged, all of it
-            if reached is not None:  # this run followed a kill: how much was lost?
+            if reached is not None and ("resumed from" in text or finished):
+                # The first run after kill(s) that got as far as choosing its resume point:
+                # the work lost is what the killed runs had logged beyond that point.
                 got = resumed_step(text)
                 out["resumed"] += int(got > 0)
                 out["lost"].append(max(0, reached - got))
-                out["false_damaged"] += text.count("is damaged")
-                out["lock_takeovers"] += int("taking over the lock" in text)
+                reached = None
+            out["false_damaged"] += text.count("is damaged")
+            out["lock_takeovers"] += int("taking over the lock" in text)
             if finished:
                 if proc.returncode != 0:
                     raise RuntimeError(f"{name}: run failed (rc {proc.returncode}):\n{text[-3000:]}")
                 break
             out["kills"] += 1
-            reached = before[-1][0] if before else 0
+            # newest step logged so far (a run killed before it resumed adds nothing new)
+            reached = max(reached or 0, max((r[0] for r in before), default=0))
             phase = ("before step 1" if not before else
                      "at the end" if reached >= 30 else "training")
             out["kill_phases"][phase] = out["kill_phases"].get(phase, 0) + 1
