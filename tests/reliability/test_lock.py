@@ -24,7 +24,9 @@ def _launch(workdir, *extra):
 
 def test_second_run_on_same_workdir_is_refused(tmp_path):
     workdir = tmp_path / "run"
-    first = _launch(workdir, "--config.train.steps=40", "--config.task.delay=0.1")
+    # Slow data: >= 200 s of training, so the first run is still going however slowly the
+    # second one starts on a loaded machine (it is stopped by SIGTERM below).
+    first = _launch(workdir, "--config.train.steps=2000", "--config.task.delay=0.1")
     lock = workdir / LOCK_NAME
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 240
