@@ -36,7 +36,54 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
         raise ConfigError(f"{path} defines no get_config(arg=None)")
     cfg = module.get_config(arg or None)
     apply_overrides(cfg, overrides)
+    validate_config(cfg)
     return cfg
+
+
+# Model/data fields that count something (layers, heads, widths, lengths): must be >= 1.
+# vocab_size is left out: <= 0 means "take it from the tokenizer".
+POSITIVE_FIELDS = ("n_layer", "n_layers", "layers", "num_layers", "depth", "n_head", "n_heads", "num_heads",
+                   "n_embd", "d_model", "width", "hidden_size", "dim", "seq_len", "block_size",
+                   "image_size", "patch_size", "d_state", "head_size", "n_kv_head", "intermediate_size")
+
+
+def _check_range(errors: list, key: str, value, low=None, high=None, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if low is not None and (value <= low if low_open else value < low):
+        errors.append(f"{key}={value!r} must be {'>' if low_open else '>='} {low}")
+    if high is not None and (value >= high if high_open else value > high):
+        errors.append(f"{key}={value!r} must be {'<' if high_open else '<='} {high}")
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+    """Refuses values no run can use (train.steps <= 0, seq_len=0, dropout >= 1, n_layer=0,
+    ...) with one line naming every bad field, before anything is built."""
+    errors: list[str] = []
+    train = cfg.get("train") or {}
+    for key, low in (("steps", 1), ("batch_size", 1), ("micro_batches", 1), ("max_to_keep", 1)):
+        if key in train:
+            _check_range(errors, f"train.{key}", train[key], low=low)
+    for key in ("log_every", "eval_every", "eval_batches", "checkpoint_every", "checkpoint_minutes",
+                "eval_minutes", "skip_loss_z", "rollback_after"):
+        if key in train:
+            _check_range(errors, f"train.{key}", train[key], low=0)
+    if "ema_decay" in train:
+        _check_range(errors, "train.ema_decay", train["ema_decay"], low=0, high=1, high_open=True)
+    if float(train.get("skip_loss_z", 0) or 0) > 0:
+        _check_range(errors, "train.skip_window", train.get("skip_window", 128), low=2)
+    optim = cfg.get("optim") or {}
+    for key in ("lr", "min_lr", "warmup_steps", "weight_decay", "clip_norm", "eps"):
+        if key in optim:
+            _check_range(errors, f"optim.{key}", optim[key], low=0)
+    for section in ("model", "data"):
+        for key, value in (cfg.get(section) or {}).items():
+            if key in POSITIVE_FIELDS:
+                _check_range(errors, f"{section}.{key}", value, low=1)
+            elif "dropout" in key:
+                _check_range(errors, f"{section}.{key}", value, low=0, high=1, high_open=True)
+    if errors:
+        raise ConfigError("invalid config: " + "; ".join(errors))
 
 
 def list_configs(folder: str = "configs") -> list[str]:

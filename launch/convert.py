@@ -10,6 +10,7 @@ from __future__ import annotations
 from launch import _env  # noqa: F401  (must come before jax)
 
 import argparse
+import os
 import sys
 
 
@@ -19,10 +20,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output folder (jaxmodels_model.json + params.safetensors)")
     args = parser.parse_args(argv)
 
+    from jaxmodels.config import ConfigError
     from jaxmodels.convert.pretrained import load_pretrained, save_pretrained
 
-    model_cfg, params = load_pretrained(args.hf)
-    save_pretrained(model_cfg, params, args.out)
+    try:
+        if not os.path.isdir(args.hf):
+            raise ConfigError(f"--hf {args.hf!r} is not a folder (expected config.json + *.safetensors)")
+        model_cfg, params = load_pretrained(args.hf)
+        save_pretrained(model_cfg, params, args.out)
+    except (ConfigError, OSError, KeyError, ValueError) as e:  # one line, not a traceback
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {text}", file=sys.stderr)
+        return 2
     import jax
     n = sum(int(x.size) for x in jax.tree.leaves(params))
     print(f"wrote {args.out} ({n / 1e6:.2f}M params)")

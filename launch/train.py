@@ -6,14 +6,20 @@
 Re-running the same command resumes from the newest good checkpoint in the workdir
 (default runs/<config name>[_<variant>]).
 """
-from launch import _env  # noqa: F401  (must come before jax)
+from jaxmodels.train.stopflag import StopFlag  # standard library only: catch Ctrl-C from here on
 
-import argparse
-import os
-import shutil
-import sys
+# Run as a program: train() takes over a signal caught while importing (launch.memory imports
+# this module for its argument parsing and keeps the default Ctrl-C).
+_EARLY_STOP = StopFlag().install() if __name__ == "__main__" else None
 
-from jaxmodels.config import ConfigError, load_config
+from launch import _env  # noqa: F401,E402  (must come before jax)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+from jaxmodels.config import ConfigError, load_config  # noqa: E402
 
 
 def parse(argv: list[str], description: str, workdir: bool = True):
@@ -44,11 +50,14 @@ def default_workdir(spec: str) -> str:
 
 
 def remove_if_empty(path: str) -> bool:
-    """Deletes `path` when it holds no file at all (only empty folders); returns whether it did."""
+    """Deletes `path` when it holds no file but the released run lock (only empty folders);
+    returns whether it did."""
+    from jaxmodels.train.lock import LOCK_NAME
+
     if not os.path.isdir(path):
         return False
-    for _, _, files in os.walk(path):
-        if files:
+    for folder, _, files in os.walk(path):
+        if [f for f in files if not (folder == path and f == LOCK_NAME)]:
             return False
     shutil.rmtree(path, ignore_errors=True)
     return True
@@ -68,12 +77,18 @@ def main(argv=None) -> int:
             if created:
                 remove_if_empty(workdir)  # a command that failed before saving leaves no empty runs/ folder
             raise
-    except ConfigError as e:
+    except ConfigError as e:  # also data errors (DataNotFoundError, DataError), lock, mismatch
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # TrainingDivergedError
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # CheckpointSaveError (full disk), unreadable files
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer caught signals
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -25,13 +25,32 @@ CONVERTERS = {
 }
 
 
-def read_hf_config(folder: str) -> dict:
+class HFConfig(dict):
+    """config.json as a dict whose missing keys raise a ConfigError naming the key and the
+    file (not a bare KeyError from deep inside a converter)."""
+
+    def __init__(self, values: dict, path: str):
+        super().__init__(values)
+        self.path = path
+
+    def __missing__(self, key):
+        raise ConfigError(f"{self.path} has no {key!r} entry, which a {self.get('model_type', '?')!r} "
+                          f"model needs: the file is incomplete or from another model family")
+
+
+def read_hf_config(folder: str) -> HFConfig:
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{folder!r} is not a Hugging Face model folder: no config.json "
                           "(expected config.json + *.safetensors, e.g. from `huggingface-cli download`)")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} holds a {type(values).__name__}, not a JSON object")
+    return HFConfig(values, path)
 
 
 def from_hf(folder: str):

@@ -18,6 +18,7 @@ text_mask bool [B,L] (or text_emb/text_mask from "arrays").
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Optional
 
 import grain
@@ -26,6 +27,7 @@ from PIL import Image
 
 from jaxmodels.config import ConfigError
 from jaxmodels.data import glyphs
+from jaxmodels.data.sources import DataError
 
 IMAGE_SOURCES = ("embedded", "folder", "tfds", "arrays")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -108,9 +110,18 @@ class GlyphSource:
 
 
 class FolderSource:
-    """data.path/<class>/<image>; classes are the sorted sub-folder names."""
+    """data.path/<class>/<image>; classes are the sorted sub-folder names.
 
-    def __init__(self, root: str, image_size: int, channels: int = 3):
+    bad_images: what an image that cannot be decoded does: "skip" (a warning naming it, once,
+    and the next image in its place, so the split keeps its length and order) or "error"
+    (a DataError naming the file).
+    """
+
+    def __init__(self, root: str, image_size: int, channels: int = 3, bad_images: str = "skip"):
+        if bad_images not in ("skip", "error"):
+            raise ConfigError(f"data.bad_images={bad_images!r}; valid: skip, error")
+        self.bad_images = bad_images
+        self._warned: set = set()
         if not root or not os.path.isdir(root):
             raise ConfigError(f"data.source='folder' needs --config.data.path=<folder with one "
                               f"sub-folder per class>; got {root!r}")
@@ -128,10 +139,27 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
-        path, label = self.items[int(index)]
+    def _decode(self, path: str):
         with Image.open(path) as img:
-            image = _pil_to_array(img, self.image_size, self.channels)
+            return _pil_to_array(img, self.image_size, self.channels)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        for attempt in range(len(self.items)):
+            path, label = self.items[(index + attempt) % len(self.items)]
+            try:
+                image = self._decode(path)
+                break
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                if self.bad_images == "error":
+                    raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or "
+                                    f"replace it, or set --config.data.bad_images=skip") from None
+                if path not in self._warned:
+                    self._warned.add(path)
+                    warnings.warn(f"skipping unreadable image {path} ({type(e).__name__}: {e})",
+                                  RuntimeWarning, stacklevel=2)
+        else:
+            raise DataError(f"no image under {os.path.dirname(os.path.dirname(path))} can be read")
         txt = os.path.splitext(path)[0] + ".txt"
         if os.path.isfile(txt):
             with open(txt, encoding="utf-8") as f:
@@ -250,7 +278,8 @@ def image_source(data_cfg: Any, split: str):
         return GlyphSource(int(_get(data_cfg, "val_size", 512)), seed=1, split="holdout", image_size=size,
                            sizes=sizes)
     if source == "folder":
-        return _holdout_split(FolderSource(_get(data_cfg, "path"), size, channels), split,
+        return _holdout_split(FolderSource(_get(data_cfg, "path"), size, channels,
+                                           str(_get(data_cfg, "bad_images", "skip"))), split,
                               int(_get(data_cfg, "val_size", 512)))
     if source == "tfds":
         tfds_split = _get(data_cfg, "tfds_train_split" if split == "train" else "tfds_val_split",
@@ -271,6 +300,7 @@ def image_data_config(**overrides):
     fixed); size (virtual length of the embedded train split), val_size; tfds_name,
     tfds_data_dir (tfds_train_split / tfds_val_split may be added); latent_scale (arrays);
     glyph_sizes (embedded only: e.g. ("large",) draws only large shapes; () = every size);
+    bad_images (folder: "skip" an undecodable image with a warning, or "error");
     num_threads, prefetch (grain read options).
     """
     import ml_collections
@@ -278,7 +308,7 @@ def image_data_config(**overrides):
     d = dict(source="embedded", path="", image_size=32, channels=3, num_classes=glyphs.NUM_CLASSES,
              text=False, caption_len=72, flip=False, size=1_000_000, val_size=512,
              tfds_name="", tfds_data_dir="", latent_scale=1.0, num_threads=2, prefetch=4,
-             glyph_sizes=())
+             glyph_sizes=(), bad_images="skip")
     d.update(overrides)
     return ml_collections.ConfigDict(d)
 
@@ -322,7 +352,9 @@ def image_dataset(data_cfg: Any, split: str, batch_size: int, seed: int):
     "val" is one ordered pass (drop_remainder)."""
     source = image_source(data_cfg, split)
     if len(source) < batch_size:
-        raise ValueError(f"{split} split has {len(source)} examples, fewer than one batch of {batch_size}")
+        raise ConfigError(f"the {split} split has {len(source)} examples, fewer than one batch of {batch_size}: "
+                          f"lower train.batch_size or add images (a folder's val split is at most a tenth "
+                          f"of it, and at most data.val_size)")
     ds = grain.MapDataset.source(source)
     if split == "train":
         ds = ds.shuffle(seed=seed).repeat()

@@ -29,6 +29,11 @@ class DataNotFoundError(ConfigError, FileNotFoundError):
     """
 
 
+class DataError(ConfigError):
+    """Data that exists but cannot be trained on (token ids past the vocabulary, a corrupt
+    image with data.bad_images="error"); the message names the file."""
+
+
 CORPUS_SOURCES = ("file", "embedded", "tfds")
 # Every data.source the LM task accepts (tokens: pre-tokenized files; sort: data/sort.py;
 # instruct: data/instruct.py).
@@ -176,6 +181,30 @@ def read_token_file(path: str) -> np.ndarray:
     if header is not None and header[0] == LLMC_MAGIC:
         return np.memmap(path, dtype=np.uint16, mode="r", offset=256 * 4, shape=(int(header[2]),))
     return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def token_files(data_cfg: Any) -> dict:
+    """{split: file} the "tokens" source reads (both splits share one file when it is split 90/10)."""
+    path = _get(data_cfg, "path", "")
+    if os.path.isdir(path):
+        return {s: os.path.join(path, f"{s}.bin") for s in ("train", "val")}
+    return {"train": path, "val": path}
+
+
+def check_token_ids(splits: dict, files: dict, vocab_size: int) -> None:
+    """Every token id must index the model's embedding: an id >= vocab_size would read past it
+    (NaN or garbage, then learning-rate advice) instead of naming the bad file. One pass over
+    the (memory-mapped) tokens, in chunks."""
+    for split, tokens in splits.items():
+        chunk = 1 << 24
+        for start in range(0, len(tokens), chunk):
+            part = np.asarray(tokens[start:start + chunk])
+            if part.size and int(part.max()) >= vocab_size:
+                at = start + int(np.argmax(part >= vocab_size))
+                raise DataError(f"token file {files.get(split, '?')} holds id {int(tokens[at])} at position "
+                                f"{at} of its {split} tokens, but model.vocab_size={vocab_size}: the file "
+                                f"was made with another tokenizer, or set --config.model.vocab_size to "
+                                f"at least {int(part.max()) + 1}")
 
 
 def short_hash(text: str) -> str:

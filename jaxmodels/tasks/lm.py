@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxmodels.config import ConfigError
 from jaxmodels.data.sort import SortSource
+from jaxmodels.data.sources import check_token_ids, token_files
 from jaxmodels.data.text import lm_dataset, load_splits, seq_len_of, text_dataset
 from jaxmodels.layers.lm_head import HeadInput
 from jaxmodels.models import build_model
@@ -166,6 +167,9 @@ class LMTask(Task):
                 self._splits, self._tokenizer = load_instruct(self.data_cfg)
             else:
                 self._splits, self._tokenizer = load_splits(self.data_cfg)
+                vocab = getattr(getattr(self.model, "cfg", None), "vocab_size", None)
+                if self.data_cfg.get("source") == "tokens" and vocab:
+                    check_token_ids(self._splits, token_files(self.data_cfg), int(vocab))
         return self._splits, self._tokenizer
 
     @property

@@ -24,6 +24,13 @@ class Setup:
     abstract_state: TrainState
 
 
+def loss_window_size(train_cfg: ml_collections.ConfigDict) -> int:
+    """Length of the loss ring buffer the outlier skip needs (0: option off, no buffer)."""
+    if float(train_cfg.get("skip_loss_z", 0.0) or 0.0) <= 0:
+        return 0
+    return int(train_cfg.get("skip_window", 128))
+
+
 def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """(params-init key, training key) from the config seed."""
     root = jax.random.PRNGKey(int(seed))
@@ -36,8 +43,8 @@ def make_setup(task, cfg: ml_collections.ConfigDict) -> Setup:
     abstract_params = jax.eval_shape(task.init_params, init_key)
     trainable = task.trainable_mask(abstract_params)
     optimizer, schedule = make_optimizer(cfg.optim, int(cfg.train.steps), trainable)
-    ema_decay = float(cfg.train.ema_decay)
-    abstract_state = jax.eval_shape(lambda p, k: create_state(p, optimizer, k, ema_decay),
+    ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)
+    abstract_state = jax.eval_shape(lambda p, k: create_state(p, optimizer, k, ema_decay, window),
                                     abstract_params, train_key)
     return Setup(optimizer, schedule, trainable, abstract_params, abstract_state)
 
@@ -48,7 +55,7 @@ def fresh_state(task, cfg: ml_collections.ConfigDict, setup: Setup, sharding=Non
     params = jax.jit(task.init_params)(init_key)
     if cfg.get("init_from", ""):
         params = task.load_init_from(params, cfg.init_from)
-    ema_decay = float(cfg.train.ema_decay)
-    make = jax.jit(lambda p, k: create_state(p, setup.optimizer, k, ema_decay),
+    ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)
+    make = jax.jit(lambda p, k: create_state(p, setup.optimizer, k, ema_decay, window),
                    out_shardings=sharding)
     return make(params, train_key)

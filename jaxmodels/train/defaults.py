@@ -44,6 +44,12 @@ def base_config() -> ml_collections.ConfigDict:
         max_to_keep=3,
         ema_decay=0.0,          # 0 disables the EMA of params
         ema_warmup=False,       # decay min(ema_decay, (1+n)/(10+n)) as in DiT/timm warm-up
+        eval_errors="warn",     # an eval that raises: "warn" (report, keep training) | "raise"
+        skip_loss_z=0.0,        # >0: skip the update of a step whose loss z-score exceeds this, or
+                                # whose new state is NaN/inf (llm.c's outlier skip); 0: stop on NaN/inf
+        skip_window=128,        # losses the z-score is taken over (no skipping until it is full)
+        rollback_after=0,       # with skip_loss_z: after this many skipped steps in a row, reload
+                                # params + optimizer from the newest checkpoint (0: never)
         progress=True,          # tqdm progress bar
         tensorboard=False,
         workdir="",             # default: runs/<config name>

@@ -1,19 +1,19 @@
 """`train(cfg, workdir)`: the whole run, for every task and model.
 
 Order of one step's host work: run the step, then (at log/eval/checkpoint steps) fetch the
-pending metrics and stop on a non-finite loss or gradient BEFORE anything is saved, log,
-evaluate, save. So a checkpoint never holds diverged params, and every line in
-metrics.jsonl up to a checkpoint's step was written before that checkpoint.
+pending metrics and stop on a non-finite loss, gradient or updated state BEFORE anything is
+saved (guard.py), log, save, evaluate. So a checkpoint never holds diverged params, every
+line in metrics.jsonl up to a checkpoint's step was written before that checkpoint, and a
+failing evaluation can never keep a finished step from being saved.
+
+One process per workdir (lock.py); SIGINT/SIGTERM are caught from the first line of train(),
+so a Ctrl-C during compilation or restore stops cleanly too.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
-import signal
-import threading
 import time
-from typing import Optional
 
 import jax
 import ml_collections
@@ -24,39 +24,51 @@ from jaxmodels.train import flops as flops_lib
 from jaxmodels.train import memory as memory_lib
 from jaxmodels.train.build import fresh_state, make_setup
 from jaxmodels.train.checkpoint import (Checkpointer, abstract_with_sharding, check_compatible,
-                                        config_to_json, model_signature)
+                                        config_to_json, model_signature, state_signature)
+from jaxmodels.train.guard import StepGuard, TrainingDivergedError  # noqa: F401  (re-exported)
+from jaxmodels.train.lock import WorkdirLock
 from jaxmodels.train.metrics import MetricsWriter, truncate_after
 from jaxmodels.train.progress import Reporter, cpu_advice, plan_line, saved_steps
+from jaxmodels.train.stopflag import StopFlag
+from jaxmodels.train.preflight import check_eval_inputs, check_resume_step, has_eval_line, run_eval_safely
 from jaxmodels.train.step import jit_train_step, make_eval_step, make_mesh, make_train_step, shardings
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDivergedError(FloatingPointError):
-    """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+def _rollback(ckpt: Checkpointer, abstract_state, base_state, state, step: int, guard: StepGuard):
+    """Params, optimizer state and EMA from the newest good checkpoint; the step counter, rng,
+    loss window and data position stay where they are, so the batches that kept failing are
+    not replayed (the PaLM recipe: restart before the spike, skip the data that caused it)."""
+    ckpt.wait()
+    found = ckpt.restore(abstract_state, None, set_aside=False, base_state=base_state)
+    if found is None:
+        raise TrainingDivergedError(f"{guard.rollback_after} steps in a row were skipped by step {step} and "
+                                    f"no checkpoint exists to roll back to; lower optim.lr")
+    good_step, good, _ = found
+    print(f"\n{guard.rollback_after} steps in a row skipped by step {step}: rolled back the params and "
+          f"optimizer state to checkpoint {good_step}; the data continues from step {step}", flush=True)
+    return state.replace(params=good.params, opt_state=good.opt_state, ema=good.ema)
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and returns."""
+def _vetted(err, guard: StepGuard, ckpt: Checkpointer, abstract_state, base_state, task, eval_step,
+            cfg, split_sharding) -> TrainingDivergedError:
+    """The divergence error after setting aside kept checkpoints that diverge by themselves."""
+    if not hasattr(err, "reason"):
+        return err
+    ckpt.wait()
+    eval_bs = int(cfg.train.batch_size) // int(cfg.train.micro_batches)
+    batch = _host_batch(next(iter(task.dataset("val", eval_bs, int(cfg.train.seed)))),
+                        task.abstract_batch(eval_bs), split_sharding)
 
-    def __init__(self):
-        self.signal: Optional[int] = None
-        self.previous = {}
+    def loss_at(step: int) -> float:
+        params = ckpt.restore_step(step, abstract_state, base_state).params
+        return float(jax.device_get(eval_step(params, batch)[0]))
 
-    def install(self):
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous[sig] = signal.signal(sig, self._handle)
+    def set_aside(step: int) -> None:
+        ckpt._set_aside([step], "diverged_checkpoints")
 
-    def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop without waiting for the save
-        self.signal = signum
-
-    def uninstall(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    return guard.vet_kept(err, ckpt.all_steps(), loss_at, set_aside)
 
 
 def _host_batch(batch: dict, abstract: dict, split_sharding) -> dict:
@@ -106,8 +118,30 @@ def _is_every(step: int, every: int) -> bool:
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir` to cfg.train.steps; returns the last logged
     train metrics. Re-running the same call after any stop continues exactly."""
+    from jaxmodels.config import validate_config
+    validate_config(cfg)
     workdir = os.path.abspath(workdir)
+    stop = StopFlag()
+    stop.install()  # before anything slow: an early Ctrl-C sets the flag, never a half-built run
+    try:
+        with WorkdirLock(workdir):
+            return _train(cfg, workdir, stop)
+    finally:
+        stop.uninstall()
+
+
+def _stopped_early(stop: StopFlag, what: str) -> bool:
+    if stop.signal is None:
+        return False
+    print(f"\nstopped by signal {stop.signal} {what}; nothing new to save. "
+          f"Run the same command again to resume.", flush=True)
+    return True
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict:
     os.makedirs(workdir, exist_ok=True)
+    if _stopped_early(stop, "before the run started"):
+        return {}
     tc = cfg.train
     total_steps, batch_size = int(tc.steps), int(tc.batch_size)
     task = build_task(cfg)
@@ -131,15 +165,22 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         print(report, flush=True)
         memory_lib.check_fits(report, cfg)
         step_fn = compiled  # already compiled: don't compile twice
+    if _stopped_early(stop, "while compiling"):
+        return {}
+    check_eval_inputs(task, cfg)
 
     data_iter = iter(task.dataset("train", batch_size, int(tc.seed)))
     signature = model_signature(setup.abstract_params)
-    meta = {"config": config_to_json(cfg), "signature": signature}
-    ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable)
+    state_sig = state_signature(setup.abstract_state, setup.trainable)
+    meta = {"config": config_to_json(cfg), "signature": signature, "state_signature": state_sig}
+    ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable, writer=True)
+    base_state = lambda: fresh_state(task, cfg, setup, replicated)  # noqa: E731
     try:
         found = ckpt.restore(abstract_state, data_iter,
-                             check_meta=lambda m: check_compatible(m, cfg, signature, workdir),
-                             base_state=lambda: fresh_state(task, cfg, setup, replicated))
+                             check_meta=lambda m: check_compatible(m, cfg, signature, workdir, state_sig),
+                             base_state=base_state)
+        if found is not None:
+            check_resume_step(found[0], total_steps, workdir)
     except BaseException:
         ckpt.close()
         raise
@@ -148,6 +189,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"resumed from {ckpt.manager.directory} at step {step}", flush=True)
     else:
         step, state = 0, fresh_state(task, cfg, setup, replicated)
+    if _stopped_early(stop, f"before step {step + 1}"):
+        ckpt.close()
+        return {}
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     truncate_after(metrics_path, step)
 
@@ -160,8 +204,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         dtype = str(cfg.model.get("dtype", "float32")) if "model" in cfg else "float32"
         peak = flops_lib.peak_flops(dtype=dtype)
     writer = MetricsWriter(workdir, bool(tc.tensorboard))
-    stop = _StopFlag()
-    stop.install()
+    if found is not None and (_is_every(step, int(tc.eval_every)) or step == total_steps) \
+            and not has_eval_line(metrics_path, step):
+        # Killed between this step's save and its eval (saves come first): redo the eval.
+        run_eval_safely(lambda: evaluate(task, eval_step, state, cfg, workdir, step, split), writer, step, tc)
     bar = None
     if tc.progress:
         from tqdm import tqdm
@@ -171,6 +217,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     pending: list = []
     last: dict = {}
     last_saved = step if found is not None else -1
+    guard = StepGuard(tc, workdir, last_saved)
     # Besides every checkpoint_every steps, save when checkpoint_minutes have passed, so a
     # slow run (a big model on a CPU) never has more than that much work at risk.
     save_seconds = 60.0 * float(tc.get("checkpoint_minutes", 0.0) or 0.0)
@@ -209,14 +256,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 continue
             fetched = jax.device_get(pending)
             pending = []
-            for s, m in fetched:
-                bad = [k for k in ("loss", "grad_norm") if not math.isfinite(float(m[k]))]
-                if bad:
-                    kept = (f"the last good checkpoint (step {last_saved}) in {workdir} is kept"
-                            if last_saved >= 0 else "no checkpoint had been saved yet")
-                    raise TrainingDivergedError(
-                        f"{' and '.join(bad)} became {float(m[bad[0]])} at step {s}; stopped: {kept}. "
-                        f"Lower optim.lr, raise optim.warmup_steps, or check the data.")
+            try:
+                if guard.inspect(fetched):  # train.rollback_after skipped steps in a row
+                    state = _rollback(ckpt, abstract_state, base_state, state, step, guard)
+            except TrainingDivergedError as e:
+                raise _vetted(e, guard, ckpt, abstract_state, base_state, task, eval_step, cfg, split) from None
             now = time.perf_counter()
             rate = steps_since_mark / (now - t_mark) if steps_since_mark else 0.0
             if do_log:
@@ -243,23 +287,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 t_mark, steps_since_mark = time.perf_counter(), 0
             if bar is not None:
                 bar.update(step - bar.n)
+            if do_ckpt:  # before eval: a failing eval must never cost the step's checkpoint
+                ckpt.save(step, state, data_iter, meta)
+                last_saved, t_saved = step, time.perf_counter()
+                guard.last_saved = last_saved
             if do_eval:
-                evaluated = evaluate(task, eval_step, state, cfg, workdir, step, split)
-                writer.write(step, evaluated)
-                report.eval(step, evaluated)
+                evaluated = run_eval_safely(lambda: evaluate(task, eval_step, state, cfg, workdir, step, split),
+                                            writer, step, tc)
+                if evaluated is not None:
+                    report.eval(step, evaluated)
                 early_eval = False
                 t_mark, steps_since_mark = time.perf_counter(), 0
                 t_evaluated = t_mark
-            if do_ckpt:
-                ckpt.save(step, state, data_iter, meta)
-                last_saved, t_saved = step, time.perf_counter()
         if stop.signal is not None and last_saved != step:
             ckpt.save(step, state, data_iter, meta)
         if stop.signal is not None:
             print(f"\nstopped by signal {stop.signal} at step {step}; checkpoint saved in {workdir}. "
                   f"Run the same command again to resume.", flush=True)
     finally:
-        stop.uninstall()
         if bar is not None:
             bar.close()
         writer.close()

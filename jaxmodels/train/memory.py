@@ -7,7 +7,7 @@ program, different fusion), which the report names.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -77,22 +77,60 @@ def analyze(jitted_step: Callable, abstract_state, abstract_batch, budget_gb: fl
     return report, compiled
 
 
-def advice(cfg: ml_collections.ConfigDict) -> str:
-    """What to change when a config does not fit: names the config's own knobs."""
-    tips = []
+LENGTH_KEYS = ("seq_len", "block_size", "max_len", "context_len", "image_size", "resolution")
+
+
+def candidate_changes(cfg: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """[(override "a.b=value", why)]: single changes that lower memory, none of them a value
+    already in place."""
+    out = []
     k, bs = int(cfg.train.micro_batches), int(cfg.train.batch_size)
     bigger = next((m for m in range(2 * k, bs + 1) if bs % m == 0), None)
     if bigger:
-        tips.append(f"--config.train.micro_batches={bigger} (now {k}; activations scale with "
-                    f"batch_size/micro_batches = {bs // k})")
+        out.append((f"train.micro_batches={bigger}", f"now {k}; activations scale with "
+                    f"batch_size/micro_batches = {bs // k}"))
     for key in sorted(cfg.model.keys()):
-        if "remat" in key:
-            tips.append(f"--config.model.{key}=nothing_saveable (now {cfg.model[key]!r}; recompute "
-                        f"activations in the backward pass)")
+        if "remat" in key and cfg.model[key] != "nothing_saveable":
+            out.append((f"model.{key}=nothing_saveable", f"now {cfg.model[key]!r}; recompute "
+                        f"activations in the backward pass"))
     for section in ("data", "model", "task"):
         for key in sorted(cfg[section].keys()) if section in cfg else ():
-            if key in ("seq_len", "block_size", "max_len", "context_len", "image_size", "resolution"):
-                tips.append(f"a smaller --config.{section}.{key} (now {cfg[section][key]})")
+            value = cfg[section][key]
+            if key in LENGTH_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+                out.append((f"{section}.{key}={value // 2}", f"now {value}"))
+    return out
+
+
+def _estimate_with(cfg: ml_collections.ConfigDict, override: str) -> Optional[MemoryReport]:
+    """The memory estimate of cfg with one override applied (None: that config is invalid)."""
+    from jaxmodels.config import apply_overrides, validate_config
+    changed = ml_collections.ConfigDict(cfg.to_dict())
+    try:
+        apply_overrides(changed, [override])
+        validate_config(changed)
+        return estimate(changed)
+    except Exception:  # noqa: BLE001  (e.g. seq_len no longer divides: not a suggestion)
+        return None
+
+
+def advice(cfg: ml_collections.ConfigDict, check: bool = True) -> str:
+    """What to change when a config does not fit: the config's own knobs, never a value it
+    already has. check: compile each candidate and list those that fit first, with their
+    estimate (when none fits alone, the candidates are still listed with theirs)."""
+    fits, over = [], []
+    for override, why in candidate_changes(cfg):
+        report = _estimate_with(cfg, override) if check else None
+        if check and report is None:
+            continue
+        if report is None:
+            over.append(f"--config.{override} ({why})")
+        elif report.fits:
+            fits.append(f"--config.{override} ({why}; estimate {report.total / GiB:.2f} GiB, fits)")
+        else:
+            over.append(f"--config.{override} ({why}; estimate {report.total / GiB:.2f} GiB, still over)")
+    tips = fits or over
+    if check and not fits and over:
+        tips = tips + ["no single change fits: combine them"]
     tips.append("or raise --config.memory.budget_gb if the device really has more free memory")
     return "; ".join(tips)
 

@@ -18,7 +18,12 @@ def _clean(value: Any):
 
 
 def truncate_after(path: str, step: int) -> None:
-    """Drops lines logged after `step` (a resumed run re-logs them, identically)."""
+    """Drops lines logged after `step` (a resumed run re-logs them, identically).
+
+    Atomic: the kept lines go to a temporary file (flushed to disk) that then replaces the
+    original in one rename, so a kill at any moment leaves either the old or the new history,
+    never an empty or half-written one.
+    """
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -30,8 +35,18 @@ def truncate_after(path: str, step: int) -> None:
                 kept.append(line if line.endswith("\n") else line + "\n")
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a kill
-    with open(path, "w") as f:
-        f.writelines(kept)
+    if kept == lines:
+        return  # nothing to drop: leave the file alone
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -13,22 +13,28 @@ PyTree = Any
 
 class TrainState(flax.struct.PyTreeNode):
     """A pytree; `step` counts finished optimizer steps; `rng` is a raw uint32[2] key
-    (checkpoints store plain arrays); `ema` is None when train.ema_decay == 0."""
+    (checkpoints store plain arrays); `ema` is None when train.ema_decay == 0; `loss_window`
+    (the last train.skip_window losses, for the z-score outlier skip) is None when
+    train.skip_loss_z == 0, so runs without the option keep their checkpoint layout."""
     params: PyTree
     opt_state: PyTree
     step: jax.Array
     rng: jax.Array
     ema: Optional[PyTree] = None
+    loss_window: Optional[PyTree] = None
 
 
 def create_state(params: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array,
-                 ema_decay: float) -> TrainState:
+                 ema_decay: float, loss_window: int = 0) -> TrainState:
     """Fresh state for params (traceable: memory estimates build it under jax.eval_shape).
 
     rng: a raw uint32[2] key (jax.random.PRNGKey), the root of every per-step key."""
     ema = jax.tree.map(jnp.copy, params) if ema_decay > 0 else None
+    window = None
+    if loss_window > 0:  # a ring buffer of recent losses and how many were pushed
+        window = {"losses": jnp.zeros((int(loss_window),), jnp.float32), "count": jnp.zeros((), jnp.int32)}
     return TrainState(params=params, opt_state=optimizer.init(params),
-                      step=jnp.zeros((), jnp.int32), rng=rng, ema=ema)
+                      step=jnp.zeros((), jnp.int32), rng=rng, ema=ema, loss_window=window)
 
 
 def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:

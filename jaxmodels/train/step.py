@@ -41,6 +41,31 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def _all_finite(tree) -> jax.Array:
+    """True when every float leaf of tree is free of NaN/inf (one fused reduction per leaf)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def _loss_z(window: dict, loss: jax.Array) -> jax.Array:
+    """z-score of `loss` against the losses in the window (nan until the window is full,
+    as in llm.c's outlier detector: no skipping on too few samples)."""
+    losses, n = window["losses"], window["count"]
+    mean = jnp.mean(losses)
+    std = jnp.sqrt(jnp.mean(jnp.square(losses - mean)))
+    z = (loss - mean) / jnp.maximum(std, 1e-12)
+    return jnp.where(n >= losses.shape[0], z, jnp.nan)
+
+
+def _push_loss(window: dict, loss: jax.Array) -> dict:
+    """Adds a finite loss to the ring buffer (a NaN loss would poison every later z)."""
+    losses, n = window["losses"], window["count"]
+    ok = jnp.isfinite(loss)
+    slot = n % losses.shape[0]
+    return {"losses": jnp.where(ok, losses.at[slot].set(loss), losses), "count": n + ok.astype(n.dtype)}
+
+
 def _split_micro(x: jax.Array, k: int) -> jax.Array:
     """[B, ...] -> [k, B/k, ...], micro-batch i holding examples i, i+k, i+2k, ... (strided, so
     each micro-batch stays spread over every data-parallel device)."""
@@ -59,6 +84,7 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
     if k < 1 or batch_size % k:
         raise ConfigError(f"train.batch_size={batch_size} must be a multiple of train.micro_batches={k}")
     ema_decay, ema_warmup = float(train_cfg.ema_decay), bool(train_cfg.ema_warmup)
+    skip_z = float(train_cfg.get("skip_loss_z", 0.0) or 0.0)
 
     def loss_and_grads(params, batch, rng):
         leaves, treedef = jax.tree.flatten(params)
@@ -114,9 +140,32 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
         ema = state.ema
         if ema is not None:
             ema = update_ema(ema, params, ema_decay_at(state.step, ema_decay, ema_warmup))
-        metrics = {**aux, "loss": loss, "grad_norm": _global_norm(train_grads),
+        grad_norm = _global_norm(train_grads)
+        metrics = {**aux, "loss": loss, "grad_norm": grad_norm,
                    "lr": jnp.asarray(schedule(state.step), jnp.float32)}
-        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, ema=ema)
+        # Is the state this step produces finite? The loss and gradient only describe the
+        # params *before* the update (lr=1e39 gives a finite loss and inf params), so the
+        # loop refuses to save (or, with skip_loss_z, the step drops) on this flag. Frozen
+        # leaves never change and are not checked; the EMA is a convex mix of finite params.
+        leaves = jax.tree.leaves(params)
+        mask = [True] * len(leaves) if trainable is None else jax.tree.leaves(trainable)
+        finite = (_all_finite(([x for x, m in zip(leaves, mask) if m], opt_state))
+                  & jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+        metrics["finite"] = finite.astype(jnp.float32)
+        window = state.loss_window
+        if skip_z > 0:
+            # llm.c-style: drop the update of a step whose loss is a z-score outlier against the
+            # recent window, or whose new state is not finite; the step still counts (data moves on).
+            z = _loss_z(window, loss)
+            keep = finite & ~(z > skip_z)
+            pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
+            params, opt_state = pick(params, state.params), pick(opt_state, state.opt_state)
+            ema = None if ema is None else pick(ema, state.ema)
+            window = _push_loss(window, loss)
+            metrics["skipped"] = (~keep).astype(jnp.float32)
+            metrics["loss_z"] = jnp.nan_to_num(z, nan=0.0)
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, ema=ema,
+                                  loss_window=window)
         return new_state, metrics
 
     return train_step
