@@ -42,7 +42,6 @@ TEMPLATES = {
     "short": ("Q: {instruction}\n{input}\nA: ", "Q: {instruction}\nA: "),
 }
 VAL_EVERY = 10
-BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>")
 _LONG = 2 ** 31 - 1
 
 
@@ -107,10 +106,7 @@ def embedded_examples(n: int = 64, seed: int = 0) -> list[dict]:
 
 def special_ids(tokenizer) -> tuple[Optional[int], Optional[int], int]:
     """(bos, eos, pad) ids: BOS/EOS from the tokenizer's vocab when it has them."""
-    bos = None
-    if hasattr(tokenizer, "tok"):
-        vocab = tokenizer.tok.get_vocab(with_added_tokens=True)
-        bos = next((vocab[t] for t in BOS_NAMES if t in vocab), None)
+    bos = getattr(tokenizer, "bos", None)
     eos = getattr(tokenizer, "eot", None)
     pad = getattr(tokenizer, "pad", None)
     return bos, eos, 0 if pad is None else pad

@@ -38,8 +38,8 @@ def lm_data_config(**overrides: Any) -> ml_collections.ConfigDict:
         path="",             # file: a text file or folder; tokens: a .bin/.npy or a folder
                              # holding train.bin + val.bin
         path_help="",        # added to the error when data.path is missing (where to get it)
-        tokenizer="byte",    # "char" | "byte" | "gpt2" | "hf"
-        vocab_path="",       # gpt2: folder with vocab.json + merges.txt; hf: tokenizer.json folder
+        tokenizer="byte",    # "char" | "byte" | "gpt2" | "hf" | "sentencepiece"
+        vocab_path="",       # gpt2: vocab.json + merges.txt folder; hf: tokenizer.json; sentencepiece: tokenizer.model
         vocab="",            # char: fixed characters (default: the corpus's own)
         seq_len=256,         # tokens per example (sort: derived from sort_length)
         max_bytes=2_000_000,  # cap on the corpus read (embedded / folders / tfds); 0: no cap
@@ -82,9 +82,9 @@ def _tokenizer_fingerprint(data_cfg: Any) -> str:
     kind = _get(data_cfg, "tokenizer", "char")
     parts = [kind, _get(data_cfg, "vocab", "")]
     vocab_path = _get(data_cfg, "vocab_path", "")
-    if kind in ("gpt2", "hf") and vocab_path:
+    if kind in ("gpt2", "hf", "sentencepiece") and vocab_path:
         folder = vocab_path if os.path.isdir(vocab_path) else os.path.dirname(vocab_path)
-        for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer.model"):
             p = os.path.join(folder, name)
             if os.path.isfile(p):
                 st = os.stat(p)
