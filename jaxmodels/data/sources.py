@@ -33,6 +33,17 @@ CORPUS_SOURCES = ("file", "embedded", "tfds")
 # Every data.source the LM task accepts (tokens: pre-tokenized files; sort: data/sort.py;
 # instruct: data/instruct.py).
 ALL_SOURCES = CORPUS_SOURCES + ("tokens", "sort", "instruct")
+# Small public-domain corpora shipped inside the package (pyproject package-data), so the
+# configs that name them run on a fresh machine with no download:
+#   tinyshakespeare.txt  char-rnn's / nanoGPT's input.txt (1,115,394 characters, 65 distinct)
+CORPORA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora")
+
+
+def packaged_corpus(name: str) -> str:
+    """The path of a corpus shipped with the package (see CORPORA_DIR)."""
+    return os.path.join(CORPORA_DIR, name)
+
+
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".text", ".rst", ".json", ".jsonl", ".csv", ".tex", ".html")
 
 
