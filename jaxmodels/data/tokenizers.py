@@ -91,6 +91,8 @@ class HFTokenizer:
     """A `tokenizers.Tokenizer`, read from a tokenizer.json (`from_file`) or built by
     `gpt2_tokenizer`. `eot` / `bos` are the EOS / BOS ids its vocab declares, if any."""
 
+    folder = ""  # the model folder it came from (chat templates live there)
+
     def __init__(self, tok):
         self.tok = tok
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
@@ -106,7 +108,9 @@ class HFTokenizer:
         if not os.path.isfile(file):
             raise DataNotFoundError(f"no tokenizer.json at {file!r}: set --config.data.vocab_path to the "
                                     "model folder that holds tokenizer.json")
-        return cls(tokenizers.Tokenizer.from_file(file))
+        out = cls(tokenizers.Tokenizer.from_file(file))
+        out.folder = os.path.dirname(os.path.abspath(file))  # where a chat template may live
+        return out
 
     def token_id(self, token: str) -> Optional[int]:
         return self.tok.token_to_id(token)
@@ -146,7 +150,9 @@ def gpt2_tokenizer(vocab_path: str) -> HFTokenizer:
     tok.decoder = tokenizers.decoders.ByteLevel()
     if tok.token_to_id("<|endoftext|>") is not None:
         tok.add_special_tokens([tokenizers.AddedToken("<|endoftext|>", special=True)])
-    return HFTokenizer(tok)
+    out = HFTokenizer(tok)
+    out.folder = os.path.dirname(os.path.abspath(vocab_json))
+    return out
 
 
 class SentencePieceTokenizer(_PerText):
@@ -163,6 +169,7 @@ class SentencePieceTokenizer(_PerText):
             raise DataNotFoundError(f"no tokenizer.model at {file!r}: set --config.data.vocab_path to the "
                                     "model folder that holds tokenizer.model")
         self.sp = sentencepiece.SentencePieceProcessor(model_file=file)
+        self.folder = os.path.dirname(os.path.abspath(file))
         self.vocab_size = self.sp.get_piece_size()
         ids = lambda i: i if i >= 0 else None  # noqa: E731  (sentencepiece says -1 for "none")
         self.eot, self.bos = ids(self.sp.eos_id()), ids(self.sp.bos_id())
