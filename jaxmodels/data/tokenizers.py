@@ -195,6 +195,20 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return getattr(cfg, key, default)
 
 
+def tokenizer_for_folder(folder: str):
+    """A model folder's own tokenizer: tokenizer.json, else tokenizer.model (SentencePiece),
+    else vocab.json + merges.txt (GPT-2)."""
+    has = lambda name: os.path.isfile(os.path.join(folder, name))  # noqa: E731
+    if has("tokenizer.json"):
+        return HFTokenizer.from_file(folder)
+    if has("tokenizer.model"):
+        return SentencePieceTokenizer(folder)
+    if has("vocab.json") and has("merges.txt"):
+        return gpt2_tokenizer(folder)
+    raise DataNotFoundError(f"{folder!r} has no tokenizer.json, tokenizer.model or vocab.json + merges.txt; "
+                            "pass --tokenizer <folder that has one>")
+
+
 def build_tokenizer(data_cfg: Any, documents: Optional[Iterable[str]] = None):
     """The tokenizer named by data_cfg.tokenizer.
 
