@@ -125,7 +125,8 @@ def _hf_docs(spec: PrepareSpec) -> Iterator[str]:
     except ImportError:
         raise ImportError("--hf_dataset needs the Hugging Face `datasets` library: pip install datasets") from None
     name = spec.hf_dataset
-    if os.path.isfile(os.path.join(name, "dataset_info.json")) or os.path.isfile(os.path.join(name, "state.json")):
+    saved = ("dataset_dict.json", "state.json")  # what save_to_disk writes (DatasetDict / Dataset)
+    if any(os.path.isfile(os.path.join(name, f)) for f in saved):
         ds = datasets.load_from_disk(name)
         ds = ds[spec.hf_split] if isinstance(ds, datasets.DatasetDict) else ds
     else:
