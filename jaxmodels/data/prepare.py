@@ -6,7 +6,8 @@ Input documents come from, in order:
                                 pre-token boundary for GPT-2-style byte-level BPE, so the ids
                                 equal whole-file tokenization; SentencePiece adds its dummy
                                 prefix at each piece)
-  *.jsonl                       one document per line, field `text_key`
+  *.jsonl                       one document per line, field `text_key` (documents longer
+                                than 2 x chunk_bytes are cut the same way)
   a folder                      its *.txt / *.jsonl files, sorted, recursively
   a Hugging Face dataset        `hf_dataset` (a local folder saved by save_to_disk, a local
                                 data folder, or a hub name when online), field `text_key`
@@ -83,9 +84,33 @@ def input_files(paths: list) -> list[str]:
     return files
 
 
+def _last_cut(text: str) -> int:
+    """The last position just after a newline that a non-whitespace character follows (a
+    pre-token boundary for byte-level BPE), or -1."""
+    i = text.rfind("\n", 0, len(text) - 1)
+    while i >= 0:
+        if not text[i + 1].isspace():
+            return i + 1
+        i = text.rfind("\n", 0, i)
+    return -1
+
+
+def _split_document(text: str, chunk_bytes: int) -> Iterator[tuple[str, bool]]:
+    """(piece, ends_document) of one document, long ones cut at line starts into pieces of
+    about chunk_bytes, so that no unit of work (and no worker's memory) grows with a document."""
+    while len(text) > 2 * chunk_bytes:
+        cut = _last_cut(text[:chunk_bytes])
+        if cut <= 0:
+            cut = _last_cut(text[:2 * chunk_bytes])
+        if cut <= 0:
+            break
+        yield text[:cut], False
+        text = text[cut:]
+    yield text, True
+
+
 def _text_pieces(path: str, chunk_bytes: int) -> Iterator[tuple[str, bool]]:
-    """(text, ends_document) pieces of one text file, cut after a newline followed by a
-    non-whitespace character, each about chunk_bytes long."""
+    """(text, ends_document) pieces of one text file (one document), cut like _split_document."""
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         carry = ""
         while True:
@@ -93,13 +118,7 @@ def _text_pieces(path: str, chunk_bytes: int) -> Iterator[tuple[str, bool]]:
             if not block:
                 break
             text = carry + block
-            cut = -1
-            i = text.rfind("\n", 0, len(text) - 1)
-            while i >= 0:
-                if not text[i + 1].isspace():
-                    cut = i + 1
-                    break
-                i = text.rfind("\n", 0, i)
+            cut = _last_cut(text)
             if cut <= 0:
                 carry = text
                 continue
@@ -140,12 +159,12 @@ def pieces(spec: PrepareSpec) -> Iterator[tuple[str, bool]]:
     for path in input_files(spec.inputs):
         if path.endswith(".jsonl"):
             for doc in _jsonl_docs(path, spec.text_key):
-                yield doc, True
+                yield from _split_document(doc, spec.chunk_bytes)
         else:
             yield from _text_pieces(path, spec.chunk_bytes)
     if spec.hf_dataset:
         for doc in _hf_docs(spec):
-            yield doc, True
+            yield from _split_document(doc, spec.chunk_bytes)
 
 
 def chunks(spec: PrepareSpec) -> Iterator[tuple[list, int]]:

@@ -27,7 +27,8 @@ def all_tokens(folder):
 def test_prepare_reads_back_the_tokens_of_each_document(tmp_path):
     text = open(SHAKESPEARE, encoding="utf-8").read()[:60_000]
     (tmp_path / "a.txt").write_text(text, encoding="utf-8")
-    docs = ["First doc.", "Second, with\nnewlines\n\n", "héllo 世界"]
+    # the last record is longer than 2 x chunk_bytes: cut at line starts, same ids as whole
+    docs = ["First doc.", "Second, with\nnewlines\n\n", "héllo 世界", text[:20_000]]
     with open(tmp_path / "b.jsonl", "w", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps({"text": d}) + "\n")
