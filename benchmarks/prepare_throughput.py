@@ -135,6 +135,23 @@ def peer(python: str, corpus: str, vocab: str, out: str, workers: int) -> dict:
     return r
 
 
+def rss_only(a) -> None:
+    """launch.prepare's peak RSS (process tree) and time at several input sizes."""
+    os.makedirs(a.work, exist_ok=True)
+    vocab = os.path.join(a.work, "vocab16k")
+    out = []
+    for mb in [int(x) for x in a.rss_only.split(",")]:
+        corpus = os.path.join(a.work, f"corpus_{mb}mb.jsonl")
+        build_corpus(corpus, mb)
+        build_vocab(corpus, vocab)
+        r = ours(corpus, vocab, os.path.join(a.work, f"ours_{mb}"), a.workers)
+        r.update(input_mb=os.path.getsize(corpus) / 2 ** 20, load=os.getloadavg())
+        out.append(r)
+        print(json.dumps(r), flush=True)
+    with open(os.path.join(RESULTS, "prepare_rss.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--peer_python", required=True)
@@ -143,7 +160,11 @@ def main():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rss_gb", type=float, default=1.0, help="0: skip the large-input RSS run")
+    p.add_argument("--rss_only", default="", help="e.g. 5,100: only launch.prepare's peak RSS at these MB "
+                                                  "(-> results/prepare_rss.json)")
     a = p.parse_args()
+    if a.rss_only:
+        return rss_only(a)
     os.makedirs(a.work, exist_ok=True)
     corpus = os.path.join(a.work, f"corpus_{a.mb}mb.jsonl")
     vocab = os.path.join(a.work, "vocab16k")
