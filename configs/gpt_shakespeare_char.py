@@ -1,11 +1,10 @@
 """nanoGPT's character-level Shakespeare GPT (config/train_shakespeare_char.py), plus variants.
 
-    # the full run (6 layers, 6 heads, 384 wide, block 256; ~5000 steps; a GPU job):
-    python -m launch.train --config configs/gpt_shakespeare_char.py \
-        --config.data.path=tinyshakespeare.txt
+    # the full run (6 layers, 6 heads, 384 wide, block 256; ~5000 steps; a GPU job) on the
+    # tiny Shakespeare text shipped in the package (jaxmodels/data/corpora/):
+    python -m launch.train --config configs/gpt_shakespeare_char.py
     # nanoGPT README's CPU "baby GPT" (4/4/128, block 64, batch 12, 200 steps):
-    python -m launch.train --config configs/gpt_shakespeare_char.py:baby \
-        --config.data.path=tinyshakespeare.txt
+    python -m launch.train --config configs/gpt_shakespeare_char.py:baby
     # no data file needed: the baby GPT on the Python standard library's sources (byte-level)
     python -m launch.train --config configs/gpt_shakespeare_char.py:embedded
     # tiny model, ~20 steps on the embedded corpus (tests)
@@ -19,6 +18,7 @@ tinyshakespeare.txt (1,115,394 characters, 65 distinct) is char-rnn's `input.txt
 (GitHub karpathy/char-rnn, data/tinyshakespeare/input.txt).
 """
 from jaxmodels.config import ConfigError
+from jaxmodels.data.sources import packaged_corpus
 from jaxmodels.data.text import lm_data_config
 from jaxmodels.tasks.lm import lm_task_config, model_section
 from jaxmodels.train.defaults import base_config
@@ -43,7 +43,7 @@ def get_config(arg=None):
     c.model = model_section("gpt", "shakespeare-char", vocab_size=65, dtype="float32",
                             remat="dots_with_no_batch_dims_saveable")
     c.task = lm_task_config(sample_tokens=200, sample_prompt=16)
-    c.data = lm_data_config(source="file", path="data/tinyshakespeare.txt", path_help=WHERE_TO_GET_IT,
+    c.data = lm_data_config(source="file", path=packaged_corpus("tinyshakespeare.txt"), path_help=WHERE_TO_GET_IT,
                             tokenizer="char", seq_len=256, max_bytes=0)
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, schedule="cosine", decay_steps=5000,
                    b1=0.9, b2=0.99, weight_decay=0.1, clip_norm=1.0)

@@ -8,6 +8,8 @@ position, background) of held-out captions for text-to-image runs; and the Frech
 to as many real images in the judge's feature space (comparable only at equal --num).
 The judge (jaxmodels/diffusion/judge.py) trains once, on first use (a few minutes on a CPU;
 it says so), and is cached.
+
+LMs (--tokens / --hellaswag / --hf): perplexity and HellaSwag accuracy, see launch/evaluate_lm.py.
 """
 from launch import _env  # noqa: F401  (must come before jax)
 
@@ -19,6 +21,9 @@ from jaxmodels.config import ConfigError
 
 
 def main(argv=None) -> int:
+    from launch import evaluate_lm
+    if evaluate_lm.wants_lm(sys.argv[1:] if argv is None else argv):  # LMs: perplexity / HellaSwag
+        return evaluate_lm.main(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--num", type=int, default=256)

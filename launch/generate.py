@@ -55,25 +55,29 @@ def main(argv=None) -> int:
     return 0
 
 
+def load_model(workdir: str = "", hf: str = "", tokenizer_dir: str = "", no_ema: bool = False):
+    """(model, params, tokenizer) from a run's newest checkpoint or from a Hugging Face /
+    launch.convert folder (its own tokenizer, or the one in tokenizer_dir). launch.chat uses it too."""
+    from jaxmodels.data.tokenizers import build_tokenizer, tokenizer_for_folder
+    from jaxmodels.models import build_model
+    from jaxmodels.train.checkpoint import load_params
+
+    if hf:
+        from jaxmodels.convert.pretrained import load_pretrained
+
+        model_cfg, params = load_pretrained(hf)
+        return build_model(model_cfg), params, tokenizer_for_folder(tokenizer_dir or hf)
+    cfg, params = load_params(workdir, use_ema=not no_ema)
+    return build_model(cfg.model), params, build_tokenizer(cfg.data)
+
+
 def _generate(args, workdir):
     import jax
     import numpy as np
 
-    from jaxmodels.data.tokenizers import build_tokenizer
     from jaxmodels.generate import greedy, sample
-    from jaxmodels.models import build_model
-    from jaxmodels.train import checkpoint
 
-    if args.hf:
-        from jaxmodels.convert.pretrained import load_pretrained
-
-        model_cfg, params = load_pretrained(args.hf)
-        model = build_model(model_cfg)
-        tokenizer = build_tokenizer({"tokenizer": "hf", "vocab_path": args.tokenizer or args.hf})
-    else:
-        cfg, params = checkpoint.load_params(workdir, use_ema=not args.no_ema)
-        model = build_model(cfg.model)
-        tokenizer = build_tokenizer(cfg.data)
+    model, params, tokenizer = load_model(workdir or "", args.hf or "", args.tokenizer, args.no_ema)
     if args.packed and not hasattr(model.cfg, "packed"):
         raise ValueError("--packed is for BitNet models (model.name=bitnet)")
     if args.packed and not model.cfg.packed:

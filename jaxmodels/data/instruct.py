@@ -42,7 +42,6 @@ TEMPLATES = {
     "short": ("Q: {instruction}\n{input}\nA: ", "Q: {instruction}\nA: "),
 }
 VAL_EVERY = 10
-BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>")
 _LONG = 2 ** 31 - 1
 
 
@@ -70,8 +69,11 @@ def read_examples(path: str) -> list[dict]:
         else:
             records = json.load(f)
     for i, r in enumerate(records):
+        if "conversations" in r or "messages" in r:  # multi-turn (ShareGPT / OpenAI style)
+            continue
         if "instruction" not in r or "output" not in r:
-            raise ConfigError(f"{path} record {i} lacks 'instruction' or 'output' (has {sorted(r)})")
+            raise ConfigError(f"{path} record {i} lacks 'instruction' or 'output' (has {sorted(r)}), "
+                              "or 'conversations' / 'messages' for multi-turn chats")
     return records
 
 
@@ -107,18 +109,21 @@ def embedded_examples(n: int = 64, seed: int = 0) -> list[dict]:
 
 def special_ids(tokenizer) -> tuple[Optional[int], Optional[int], int]:
     """(bos, eos, pad) ids: BOS/EOS from the tokenizer's vocab when it has them."""
-    bos = None
-    if hasattr(tokenizer, "tok"):
-        vocab = tokenizer.tok.get_vocab(with_added_tokens=True)
-        bos = next((vocab[t] for t in BOS_NAMES if t in vocab), None)
+    bos = getattr(tokenizer, "bos", None)
     eos = getattr(tokenizer, "eot", None)
     pad = getattr(tokenizer, "pad", None)
     return bos, eos, 0 if pad is None else pad
 
 
 def encode_example(example: dict, tokenizer, template: str = "alpaca") -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, response_mask) of one example; mask is 1 on response (and EOS) tokens."""
+    """(tokens, response_mask) of one example; mask is 1 on response (and EOS) tokens.
+    Multi-turn records (ShareGPT "conversations" / "messages") go through the model folder's
+    chat template (data/chat.py), with the mask on every assistant reply."""
     bos, eos, _ = special_ids(tokenizer)
+    if "conversations" in example or "messages" in example:
+        from jaxmodels.data import chat
+        template = chat.template_for(tokenizer, getattr(tokenizer, "folder", ""))
+        return chat.encode_conversation(chat.sharegpt_messages(example), tokenizer, template, bos)
     prompt = ([bos] if bos is not None else []) + tokenizer.encode(prompt_text(example, template))
     response = tokenizer.encode(example["output"]) + ([eos] if eos is not None else [])
     tokens = np.asarray(prompt + response, np.int32)

@@ -38,6 +38,17 @@ CORPUS_SOURCES = ("file", "embedded", "tfds")
 # Every data.source the LM task accepts (tokens: pre-tokenized files; sort: data/sort.py;
 # instruct: data/instruct.py).
 ALL_SOURCES = CORPUS_SOURCES + ("tokens", "sort", "instruct")
+# Small public-domain corpora shipped inside the package (pyproject package-data), so the
+# configs that name them run on a fresh machine with no download:
+#   tinyshakespeare.txt  char-rnn's / nanoGPT's input.txt (1,115,394 characters, 65 distinct)
+CORPORA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora")
+
+
+def packaged_corpus(name: str) -> str:
+    """The path of a corpus shipped with the package (see CORPORA_DIR)."""
+    return os.path.join(CORPORA_DIR, name)
+
+
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".text", ".rst", ".json", ".jsonl", ".csv", ".tex", ".html")
 
 
@@ -170,8 +181,8 @@ LLMC_MAGIC = 20240520  # llm.c token shards: 256 int32 header (magic, version, c
 def read_token_file(path: str) -> np.ndarray:
     """Tokens of a pre-tokenized file as a read-only memmap, without reading it all.
 
-    .npy: as saved by numpy; .bin with llm.c's header: its uint16 tokens; other .bin: raw
-    uint16 (nanoGPT's prepare.py output).
+    .npy: as saved by numpy; .bin with llm.c's header: its tokens (header version 1: uint16,
+    2: uint32); other .bin: raw uint16 (nanoGPT's prepare.py output).
     """
     if not os.path.isfile(path):
         raise DataNotFoundError(f"token file {path!r} does not exist")
@@ -179,7 +190,12 @@ def read_token_file(path: str) -> np.ndarray:
         return np.load(path, mmap_mode="r")
     header = np.fromfile(path, dtype=np.int32, count=256) if os.path.getsize(path) >= 1024 else None
     if header is not None and header[0] == LLMC_MAGIC:
-        return np.memmap(path, dtype=np.uint16, mode="r", offset=256 * 4, shape=(int(header[2]),))
+        dtype = np.uint32 if header[1] == 2 else np.uint16
+        if header[2] == 0:
+            return np.zeros(0, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=256 * 4, shape=(int(header[2]),))
+    if os.path.getsize(path) == 0:
+        return np.zeros(0, np.uint16)
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 

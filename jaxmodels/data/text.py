@@ -35,11 +35,12 @@ def lm_data_config(**overrides: Any) -> ml_collections.ConfigDict:
     overridden on the command line). Pass the fields that differ."""
     c = dict(
         source="embedded",   # "file" | "embedded" | "tfds" | "tokens" | "sort"
-        path="",             # file: a text file or folder; tokens: a .bin/.npy or a folder
-                             # holding train.bin + val.bin
+        path="",             # file: a text file or folder; tokens: a .bin/.npy, a folder
+                             # holding train.bin + val.bin, or a folder of launch.prepare /
+                             # llm.c shards (*_val_000000.bin, *_train_000001.bin, ...)
         path_help="",        # added to the error when data.path is missing (where to get it)
-        tokenizer="byte",    # "char" | "byte" | "gpt2" | "hf"
-        vocab_path="",       # gpt2: folder with vocab.json + merges.txt; hf: tokenizer.json folder
+        tokenizer="byte",    # "char" | "byte" | "gpt2" | "hf" | "sentencepiece"
+        vocab_path="",       # gpt2: vocab.json + merges.txt folder; hf: tokenizer.json; sentencepiece: tokenizer.model
         vocab="",            # char: fixed characters (default: the corpus's own)
         seq_len=256,         # tokens per example (sort: derived from sort_length)
         max_bytes=2_000_000,  # cap on the corpus read (embedded / folders / tfds); 0: no cap
@@ -82,9 +83,9 @@ def _tokenizer_fingerprint(data_cfg: Any) -> str:
     kind = _get(data_cfg, "tokenizer", "char")
     parts = [kind, _get(data_cfg, "vocab", "")]
     vocab_path = _get(data_cfg, "vocab_path", "")
-    if kind in ("gpt2", "hf") and vocab_path:
+    if kind in ("gpt2", "hf", "sentencepiece") and vocab_path:
         folder = vocab_path if os.path.isdir(vocab_path) else os.path.dirname(vocab_path)
-        for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer.model"):
             p = os.path.join(folder, name)
             if os.path.isfile(p):
                 st = os.stat(p)
@@ -156,7 +157,10 @@ def load_splits(data_cfg: Any) -> tuple[dict[str, np.ndarray], Any]:
         tokens, tokenizer = load_tokens(data_cfg)
         return {s: split_tokens(tokens, s) for s in ("train", "val")}, tokenizer
     path = _get(data_cfg, "path", "")
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "train.bin")):
+        from jaxmodels.data.shards import read_shard_folder  # launch.prepare / llm.c shards
+        splits = read_shard_folder(path)
+    elif os.path.isdir(path):
         files = {s: os.path.join(path, f"{s}.bin") for s in ("train", "val")}
         splits = {s: read_token_file(f) for s, f in files.items()}
     else:

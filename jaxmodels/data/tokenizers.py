@@ -1,12 +1,16 @@
 """Tokenizers for the LM task: `build_tokenizer(data_cfg)` picks one by `data.tokenizer`.
 
-Every tokenizer has encode(str) -> list[int], decode(ids) -> str, vocab_size, and `eot`
-(the end-of-text id that separates documents, or None) and `pad` (or None).
+Every tokenizer has encode(str) -> list[int], encode_batch(list[str]) -> list[list[int]],
+decode(ids) -> str, vocab_size, `eot` (the end-of-text id that separates documents, or
+None), `bos` (or None) and `pad` (or None). encode adds no special tokens: the data
+pipelines place BOS/EOS themselves.
 
-  char   one id per distinct character of the corpus, sorted (nanoGPT shakespeare_char: 65)
-  byte   one id per UTF-8 byte (256)
-  gpt2   GPT-2's byte-level BPE from local vocab.json + merges.txt (data.vocab_path)
-  hf     a Hugging Face `tokenizer.json` (LLaMA folders) via the `tokenizers` library
+  char           one id per distinct character of the corpus, sorted (nanoGPT shakespeare_char: 65)
+  byte           one id per UTF-8 byte (256)
+  gpt2           GPT-2's byte-level BPE from local vocab.json + merges.txt (data.vocab_path),
+                 run by the Hugging Face `tokenizers` library (Rust; batches use all cores)
+  hf             any Hugging Face `tokenizer.json`, via `tokenizers`
+  sentencepiece  a SentencePiece `tokenizer.model` (LLaMA-1/2, Mistral), via `sentencepiece`
 """
 from __future__ import annotations
 
@@ -14,17 +18,27 @@ import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from jaxmodels.config import ConfigError
-from jaxmodels.data.gpt2_bpe import GPT2BPE, find_gpt2_files
 from jaxmodels.data.sources import DataNotFoundError
 
-TOKENIZERS = ("char", "byte", "gpt2", "hf")
+TOKENIZERS = ("char", "byte", "gpt2", "hf", "sentencepiece")
+EOS_NAMES = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>", "<|im_end|>")
+BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>")
 
 
-class CharTokenizer:
+class _PerText:
+    """encode_batch for tokenizers that have no faster batch path."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def token_id(self, token: str) -> Optional[int]:
+        return None
+
+
+class CharTokenizer(_PerText):
     """Character-level: ids are positions in the sorted list of the corpus's characters."""
 
-    eot = None
-    pad = None
+    eot = bos = pad = None
 
     def __init__(self, chars: Sequence[str]):
         self.chars = "".join(chars)
@@ -51,12 +65,11 @@ class CharTokenizer:
         return "".join(self.chars[int(i)] for i in ids)
 
 
-class ByteTokenizer:
+class ByteTokenizer(_PerText):
     """UTF-8 bytes as tokens: a fixed 256-entry vocab that needs no corpus."""
 
     vocab_size = 256
-    eot = None
-    pad = None
+    eot = bos = pad = None
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -65,37 +78,135 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
-class HFTokenizer:
-    """A `tokenizer.json` read by the Hugging Face `tokenizers` library (no special tokens
-    added by encode; `eot` is the EOS id the file declares, if any)."""
+def _import_tokenizers():
+    try:
+        import tokenizers
+    except ImportError:
+        raise ImportError("data.tokenizer 'gpt2' / 'hf' need the `tokenizers` library: "
+                          "pip install tokenizers (a jaxmodels dependency)") from None
+    return tokenizers
 
-    def __init__(self, path: str):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:
-            raise ImportError("data.tokenizer='hf' needs the `tokenizers` library: "
-                              "pip install jaxmodels[tokenizers]") from None
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer`, read from a tokenizer.json (`from_file`) or built by
+    `gpt2_tokenizer`. `eot` / `bos` are the EOS / BOS ids its vocab declares, if any."""
+
+    folder = ""  # the model folder it came from (chat templates live there)
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        vocab = tok.get_vocab(with_added_tokens=True)
+        self.eot = next((vocab[t] for t in EOS_NAMES if t in vocab), None)
+        self.bos = next((vocab[t] for t in BOS_NAMES if t in vocab), None)
+        self.pad = next((vocab[t] for t in ("<pad>", "<|pad|>") if t in vocab), self.eot)
+
+    @classmethod
+    def from_file(cls, path: str) -> "HFTokenizer":
+        tokenizers = _import_tokenizers()
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise DataNotFoundError(f"no tokenizer.json at {file!r}: set --config.data.vocab_path to the "
                                     "model folder that holds tokenizer.json")
-        self.tok = Tokenizer.from_file(file)
-        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        vocab = self.tok.get_vocab(with_added_tokens=True)
-        self.eot = next((vocab[t] for t in ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>") if t in vocab), None)
-        self.pad = next((vocab[t] for t in ("<pad>", "<|pad|>") if t in vocab), self.eot)
+        out = cls(tokenizers.Tokenizer.from_file(file))
+        out.folder = os.path.dirname(os.path.abspath(file))  # where a chat template may live
+        return out
+
+    def token_id(self, token: str) -> Optional[int]:
+        return self.tok.token_to_id(token)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def find_gpt2_files(vocab_path: str) -> tuple[str, str]:
+    """(vocab.json, merges.txt) from a folder or a vocab.json path; clear error if missing."""
+    folder = vocab_path if os.path.isdir(vocab_path) else os.path.dirname(vocab_path)
+    vocab_json = vocab_path if vocab_path.endswith(".json") else os.path.join(folder, "vocab.json")
+    merges_txt = os.path.join(folder or ".", "merges.txt")
+    missing = [p for p in (vocab_json, merges_txt) if not os.path.isfile(p)]
+    if not vocab_path or missing:
+        raise DataNotFoundError(
+            f"GPT-2 tokenizer files not found (looked for {', '.join(missing) or 'vocab.json, merges.txt'}"
+            f" from data.vocab_path={vocab_path!r}). Put GPT-2's `vocab.json` and `merges.txt` "
+            "(from the Hugging Face `gpt2` model folder) in one folder and pass "
+            "--config.data.vocab_path=<that folder>; nothing is downloaded automatically.")
+    return vocab_json, merges_txt
+
+
+def gpt2_tokenizer(vocab_path: str) -> HFTokenizer:
+    """GPT-2's tokenizer as transformers' GPT2Tokenizer builds it from vocab.json + merges.txt:
+    byte-level BPE, GPT-2's split regex, no prefix space, <|endoftext|> a special token."""
+    vocab_json, merges_txt = find_gpt2_files(vocab_path)
+    tokenizers = _import_tokenizers()
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(vocab_json, merges_txt))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    if tok.token_to_id("<|endoftext|>") is not None:
+        tok.add_special_tokens([tokenizers.AddedToken("<|endoftext|>", special=True)])
+    out = HFTokenizer(tok)
+    out.folder = os.path.dirname(os.path.abspath(vocab_json))
+    return out
+
+
+class SentencePieceTokenizer(_PerText):
+    """A SentencePiece `tokenizer.model`; `eot` / `bos` are its EOS / BOS ids."""
+
+    def __init__(self, path: str):
+        try:
+            import sentencepiece
+        except ImportError:
+            raise ImportError("data.tokenizer='sentencepiece' needs the `sentencepiece` library: "
+                              "pip install sentencepiece (a jaxmodels dependency)") from None
+        file = os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise DataNotFoundError(f"no tokenizer.model at {file!r}: set --config.data.vocab_path to the "
+                                    "model folder that holds tokenizer.model")
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=file)
+        self.folder = os.path.dirname(os.path.abspath(file))
+        self.vocab_size = self.sp.get_piece_size()
+        ids = lambda i: i if i >= 0 else None  # noqa: E731  (sentencepiece says -1 for "none")
+        self.eot, self.bos = ids(self.sp.eos_id()), ids(self.sp.bos_id())
+        self.pad = ids(self.sp.pad_id()) if self.sp.pad_id() >= 0 else self.eot
+
+    def token_id(self, token: str) -> Optional[int]:
+        i = self.sp.piece_to_id(token)
+        return i if self.sp.id_to_piece(i) == token else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.sp.encode(list(texts))
+
+    def decode(self, ids) -> str:
+        return self.sp.decode([int(i) for i in ids])
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
     if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
         return cfg.get(key, default)
     return getattr(cfg, key, default)
+
+
+def tokenizer_for_folder(folder: str):
+    """A model folder's own tokenizer: tokenizer.json, else tokenizer.model (SentencePiece),
+    else vocab.json + merges.txt (GPT-2)."""
+    has = lambda name: os.path.isfile(os.path.join(folder, name))  # noqa: E731
+    if has("tokenizer.json"):
+        return HFTokenizer.from_file(folder)
+    if has("tokenizer.model"):
+        return SentencePieceTokenizer(folder)
+    if has("vocab.json") and has("merges.txt"):
+        return gpt2_tokenizer(folder)
+    raise DataNotFoundError(f"{folder!r} has no tokenizer.json, tokenizer.model or vocab.json + merges.txt; "
+                            "pass --tokenizer <folder that has one>")
 
 
 def build_tokenizer(data_cfg: Any, documents: Optional[Iterable[str]] = None):
@@ -116,7 +227,9 @@ def build_tokenizer(data_cfg: Any, documents: Optional[Iterable[str]] = None):
     if kind == "byte":
         return ByteTokenizer()
     if kind == "gpt2":
-        return GPT2BPE.from_files(*find_gpt2_files(_get(data_cfg, "vocab_path", "")))
+        return gpt2_tokenizer(_get(data_cfg, "vocab_path", ""))
     if kind == "hf":
-        return HFTokenizer(_get(data_cfg, "vocab_path", ""))
+        return HFTokenizer.from_file(_get(data_cfg, "vocab_path", ""))
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer(_get(data_cfg, "vocab_path", ""))
     raise ConfigError(f"unknown data.tokenizer {kind!r}; valid: {', '.join(TOKENIZERS)}")

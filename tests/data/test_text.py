@@ -203,3 +203,11 @@ def test_bpe_corpus_separates_documents_with_eot(corpus, tmp_path):
                 + tok.encode((folder / "b.txt").read_text()) + [eot])
     np.testing.assert_array_equal(tokens, expected)
     assert tok.eot == eot and tokens.dtype == np.uint16
+
+
+def test_tiny_shakespeare_ships_in_the_package_and_is_the_default_corpus():
+    from jaxmodels.config import load_config
+    from jaxmodels.data.sources import packaged_corpus
+    path = packaged_corpus("tinyshakespeare.txt")
+    assert os.path.getsize(path) == 1_115_394  # char-rnn / nanoGPT input.txt, byte for byte
+    assert load_config("configs/gpt_shakespeare_char.py").data.path == path
