@@ -3,7 +3,7 @@ runs on piped input).
 
     python -m launch.chat --hf path/to/TinyLlama-1.1B-Chat     # an HF / launch.convert / merged-LoRA folder
     python -m launch.chat --workdir runs/llama_lora_tiny        # a training run (newest checkpoint)
-    printf 'Hello\nAnd then?\n' | python -m launch.chat --hf path/to/model --greedy
+    printf 'Hello\\nAnd then?\\n' | python -m launch.chat --hf path/to/model --greedy
 
 Each line is a user turn; `/reset` forgets the history, `/exit` (or end of input) quits.
 The prompt is the model folder's chat template (tokenizer_config.json, rendered as

@@ -125,6 +125,12 @@ TINY_LLAMA = ("--config.model.dim=32 --config.model.n_layers=2 --config.model.n_
 QLORA = ("python -m launch.train --config configs/llama2_7b_qlora.py "
          f"--config.init_from={LLAMA} --config.data.vocab_path={LLAMA} " + TINY_LLAMA)
 SMOKE_LM = "--config.train.steps=4 --config.train.eval_every=2 --config.train.checkpoint_every=2"
+PREPARE = ("python -m launch.prepare jaxmodels/data/corpora/tinyshakespeare.txt --out data/shakespeare_bytes "
+           "--tokenizer byte --shard_tokens 500000 --val_tokens 100000")
+FROM_SHARDS = ("python -m launch.train --config configs/gpt_shakespeare_char.py:smoke --config.data.source=tokens "
+               "--config.data.path=data/shakespeare_bytes")
+EVALUATE_LM = ("python -m launch.evaluate --workdir runs/smoke --tokens data/shakespeare_bytes "
+               "--hellaswag tests/fixtures/lm_eval/hellaswag3.jsonl")
 MOE_DENSE = "python -m launch.train --config configs/moe_gpt.py:dense_cpu " + QUICK
 BITNET_RUN = f"python -m launch.train --config configs/bitnet_b158.py:smoke --workdir runs/bitnet_b158_cpu {SMOKE_LM}"
 
@@ -158,10 +164,24 @@ TINY: dict[str, Tiny] = {
     "python -m launch.train --config configs/pixart_small.py:cpu": Tiny((
         f"python -m launch.train --config configs/pixart_small.py:cpu {QUICK} {TINY_DIT} {SMALL_CPU_DIT}",
     )),
-    "python -m launch.train --config configs/gpt_shakespeare_char.py --config.data.path=tinyshakespeare.txt": Tiny((
-        "python -m launch.train --config configs/gpt_shakespeare_char.py --config.data.path=tinyshakespeare.txt "
-        f"{QUICK} {TINY_GPT}",
+    # no data flag: tiny Shakespeare ships in the package
+    "python -m launch.train --config configs/gpt_shakespeare_char.py": Tiny((
+        f"python -m launch.train --config configs/gpt_shakespeare_char.py {QUICK} {TINY_GPT}",
     )),
+    PREPARE: Tiny((PREPARE.replace("jaxmodels/", "{root}/jaxmodels/"),), expect=("shakespeare_bytes",)),
+    FROM_SHARDS: Tiny((PREPARE.replace("jaxmodels/", "{root}/jaxmodels/"), f"{FROM_SHARDS} {SMOKE_LM}")),
+    "python -m launch.chat --hf path/to/chat-model": Tiny((
+        "sh -c \"printf 'w10 w11\\nw12\\n' | {python} -m launch.chat --hf {fixtures}/llama/llama --greedy --max_new_tokens 8\"",
+    )),
+    "python -m launch.train --config configs/gpt_shakespeare_char.py:smoke --workdir runs/smoke": Tiny((
+        f"python -m launch.train --config configs/gpt_shakespeare_char.py:smoke --workdir runs/smoke {SMOKE_LM}",
+    )),
+    EVALUATE_LM: Tiny((
+        PREPARE.replace("jaxmodels/", "{root}/jaxmodels/"),
+        f"python -m launch.train --config configs/gpt_shakespeare_char.py:smoke --workdir runs/smoke {SMOKE_LM}",
+        EVALUATE_LM.replace("tests/fixtures/", "{fixtures}/"),
+        "python -m launch.evaluate --hf {fixtures}/llama/llama --hellaswag {fixtures}/lm_eval/hellaswag3.jsonl",
+    ), expect=("hellaswag",)),
     ":baby": Tiny((
         "python -m launch.train --config configs/gpt_shakespeare_char.py:baby --config.data.path=tinyshakespeare.txt "
         f"{QUICK} --config.train.eval_batches=1",
@@ -280,7 +300,7 @@ def _make_scratch(path: str) -> None:
 
 
 def _run(command: str, cwd: str, env: dict) -> str:
-    args = shlex.split(command.format(root=ROOT, fixtures=FIXTURES))
+    args = shlex.split(command.format(root=ROOT, fixtures=FIXTURES, python=sys.executable))
     if args[0] == "python":
         args[0] = sys.executable
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
