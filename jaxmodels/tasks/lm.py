@@ -167,7 +167,7 @@ class LMTask(Task):
                 self._splits, self._tokenizer = load_instruct(self.data_cfg)
             else:
                 self._splits, self._tokenizer = load_splits(self.data_cfg)
-                vocab = getattr(getattr(self.model, "cfg", None), "vocab_size", None)
+                vocab = getattr(getattr(getattr(self, "model", None), "cfg", None), "vocab_size", None)
                 if self.data_cfg.get("source") == "tokens" and vocab:
                     check_token_ids(self._splits, token_files(self.data_cfg), int(vocab))
         return self._splits, self._tokenizer

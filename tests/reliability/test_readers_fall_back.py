@@ -51,6 +51,7 @@ def test_launch_generate_uses_the_fallback(tmp_path, capsys):
           workdir)
     with open(_meta_file(workdir, 10), "wb") as f:
         f.write(b"\xff" * 64)
+    capsys.readouterr()  # the training run's own progress lines
     from launch.generate import main
     with pytest.warns(RuntimeWarning, match="checkpoint 10 .* damaged"):
         assert main(["--workdir", workdir, "--prompt", "ab", "--max_new_tokens", "5", "--greedy"]) == 0
