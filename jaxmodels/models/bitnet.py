@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.config import ConfigError
+from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
 from jaxmodels.layers.bitlinear import BitLinear
 from jaxmodels.layers.dense import linear, project_out
@@ -75,10 +75,8 @@ class Config:
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
-        if self.quant not in QUANT_KINDS:
-            raise ConfigError(f"unknown bitnet quant {self.quant!r}; valid: {', '.join(QUANT_KINDS)}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"unknown bitnet hidden_act {self.hidden_act!r}; valid: {', '.join(ACTIVATIONS)}")
+        check_choice("bitnet", "quant", self.quant, QUANT_KINDS)
+        check_choice("bitnet", "hidden_act", self.hidden_act, ACTIVATIONS)
         if self.packed and self.quant != "b1.58":
             raise ConfigError("packed=True holds ternary weights: it needs quant='b1.58'")
 
