@@ -31,16 +31,10 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
 from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
+from jaxmodels.layers.conv_blocks import TORCH_INIT, AttnBlock, ResBlock, conv, group_norm
 from jaxmodels.layers.dense import Dense
-from jaxmodels.layers.dropout import Dropout
 from jaxmodels.layers.embeddings import timestep_embedding
-from jaxmodels.layers.mha import MultiHeadAttention
-from jaxmodels.layers.norms import LayerNorm
 from jaxmodels.layers.stack import remat_block
-
-ZEROS = nn.initializers.zeros
-# PyTorch's default conv/linear init (kaiming_uniform with a = sqrt(5)), as the reference U-Nets.
-TORCH_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,64 +82,6 @@ SIZES = {
 }
 
 CONDITIONINGS = ("none", "class", "text")
-
-
-def group_norm(channels: int, dtype, name: str) -> nn.GroupNorm:
-    """GroupNorm with 32 groups (fewer for narrow test models); statistics in f32."""
-    groups = 32
-    while channels % groups:
-        groups //= 2
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype, name=name)
-
-
-def conv(features: int, dtype, name: str, kernel: int = 3, stride: int = 1, zero: bool = False) -> nn.Conv:
-    pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   dtype=dtype, kernel_init=ZEROS if zero else TORCH_INIT, name=name)
-
-
-class ResBlock(nn.Module):
-    """Timestep-conditioned residual block (see module docstring)."""
-    out_channels: int
-    dropout: float = 0.0
-    use_scale_shift_norm: bool = True
-    deterministic: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x_NHWC: jax.Array, emb_NE: jax.Array) -> jax.Array:
-        C = self.out_channels
-        h = conv(C, self.dtype, "in_conv")(nn.silu(group_norm(x_NHWC.shape[-1], self.dtype, "in_norm")(x_NHWC)))
-        emb = Dense(2 * C if self.use_scale_shift_norm else C, dtype=self.dtype,
-                    kernel_init=TORCH_INIT, name="emb")(nn.silu(emb_NE))[:, None, None, :]
-        if self.use_scale_shift_norm:
-            scale, shift = emb[..., :C], emb[..., C:]
-            h = group_norm(C, self.dtype, "out_norm")(h) * (1.0 + scale) + shift
-        else:
-            h = group_norm(C, self.dtype, "out_norm")(h + emb)
-        h = Dropout(self.dropout)(nn.silu(h), deterministic=self.deterministic)
-        h = conv(C, self.dtype, "out_conv", zero=True)(h)
-        skip = x_NHWC if x_NHWC.shape[-1] == C else conv(C, self.dtype, "skip", kernel=1)(x_NHWC)
-        return skip + h
-
-
-class AttnBlock(nn.Module):
-    """Spatial self-attention (+ cross-attention to captions when y is given), residual."""
-    num_heads: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x_NHWC: jax.Array, y: Optional[jax.Array] = None,
-                 y_mask: Optional[jax.Array] = None) -> jax.Array:
-        N, H, W, C = x_NHWC.shape
-        h = group_norm(C, self.dtype, "norm")(x_NHWC).reshape(N, H * W, C)
-        x = x_NHWC.reshape(N, H * W, C) + MultiHeadAttention(
-            self.num_heads, dtype=self.dtype, kernel_init=TORCH_INIT, out_init=ZEROS, name="attn")(h)
-        if y is not None:
-            h = LayerNorm(eps=1e-5, dtype=self.dtype, name="cross_norm")(x)
-            x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, kernel_init=TORCH_INIT,
-                                       out_init=ZEROS, name="cross_attn")(h, context_BSE=y, mask_BS=y_mask)
-        return x.reshape(N, H, W, C)
 
 
 class UNet(nn.Module):
