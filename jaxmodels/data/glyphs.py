@@ -196,3 +196,20 @@ def example(seed: int, index: int, split: str = "train", image_size: int = 32,
     attrs = sample_attrs(rng, split, sizes)
     jitter = rng.uniform(-1.0, 1.0, size=5)
     return render(attrs, image_size, jitter), attrs
+
+
+def write_folder(root: str, num: int, image_size: int = 32, split: str = "train", seed: int = 0) -> str:
+    """Writes `num` examples as a captioned image folder: root/<shape>/<index>.png plus
+    <index>.txt (its caption) -- the layout `data.source=folder` and `launch.encode` read,
+    for tests and offline demos of the image-folder path. Returns root."""
+    import os
+
+    for name in SHAPES:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i in range(num):
+        image, attrs = example(seed, i, split, image_size)
+        stem = os.path.join(root, SHAPES[attrs[0]], f"{i:06d}")
+        Image.fromarray(image).save(stem + ".png")
+        with open(stem + ".txt", "w", encoding="utf-8") as f:
+            f.write(caption(attrs) + "\n")
+    return root

@@ -204,11 +204,21 @@ class TfdsSource:
 
 
 class ArraySource:
-    """Precomputed latents (and optionally text embeddings) from a .npy / .npz file."""
+    """Precomputed latents (and optionally text embeddings) from a .npy / .npz file, or from
+    a folder of shards written by `launch.encode` (jaxmodels/data/latents.py)."""
 
     def __init__(self, path: str, scale: float = 1.0):
+        if path and os.path.isdir(path):
+            from jaxmodels.data.latents import LatentShards
+
+            shards = LatentShards(path)
+            self.arrays = {("image" if key == "latents" else key): _ShardColumn(shards, key)
+                           for key in shards.manifest["keys"]}
+            self.scale = scale
+            return
         if not path or not os.path.isfile(path):
-            raise ConfigError(f"data.source='arrays' needs --config.data.path=<.npy or .npz file>; got {path!r}")
+            raise ConfigError(f"data.source='arrays' needs --config.data.path=<.npy or .npz file, or a "
+                              f"`launch.encode` output folder>; got {path!r}")
         loaded = np.load(path, mmap_mode="r")
         if isinstance(loaded, np.ndarray):
             self.arrays = {"image": loaded}
@@ -233,6 +243,20 @@ class ArraySource:
             out["text_emb"] = np.asarray(self.arrays["text_emb"][i], np.float32)
             out["text_mask"] = np.asarray(self.arrays["text_mask"][i], bool)
         return out
+
+
+class _ShardColumn:
+    """One key of a LatentShards folder, indexable like an array (item i)."""
+
+    def __init__(self, shards, key: str):
+        self.shards, self.key = shards, key
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int):
+        k, j = divmod(int(i), self.shards.shard_size)
+        return self.shards.shards[k][self.key][j]
 
 
 class _Slice:
