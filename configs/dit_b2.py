@@ -11,7 +11,8 @@ multiplied by the SD-VAE factor 0.18215 (data.latent_scale). Nothing is download
 DiT recipe: AdamW lr 1e-4 constant, no weight decay, batch 256, EMA 0.9999, learned sigma,
 linear schedule with T = 1000, class dropout 0.1 (for CFG). On a 12 GB card: bf16 compute,
 params/optimizer in f32, blocks rematerialised (`nothing_saveable`) under nn.scan.
-Sampling writes latents (the .npz); decode them with the same VAE to see images.
+Encode an image folder with `python -m launch.encode --images DIR --vae VAE --out LATENTS`
+and train with --config.data.path=LATENTS --config.data.vae=VAE: samples then decode to PNG.
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.images import image_data_config

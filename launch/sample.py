@@ -4,7 +4,9 @@
 
 Writes <workdir>/samples/sample_<sampler><steps>_cfg<cfg>_seed<seed>[_noema].png (class-conditional:
 row r = class r) and a .npz beside it: samples float32 [N,H,W,C] in [-1, 1] (latents for
-latent runs) plus labels, or captions and attrs for text-to-image runs.
+latent runs) plus labels, or captions and attrs for text-to-image runs. A latent run whose
+config names its VAE (data.vae, a diffusers AutoencoderKL folder) is decoded: the PNG shows
+the pictures and the .npz adds them as "images" (uint8).
 """
 from launch import _env  # noqa: F401  (must come before jax)
 

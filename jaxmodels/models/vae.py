@@ -167,6 +167,23 @@ def decode_latents(model: AutoencoderKL, params, latents_NHWC: jax.Array) -> jax
     return jnp.clip(model.apply({"params": params}, z, method=AutoencoderKL.decode), -1.0, 1.0)
 
 
+def decode_in_batches(model: AutoencoderKL, params, latents_NHWC, batch_size: int = 16):
+    """Unscaled latents (numpy, any count) -> uint8 images [N, H, W, C], batch by batch
+    (one compiled shape: the last batch is padded)."""
+    import numpy as np
+
+    decode = jax.jit(lambda p, z: jnp.clip(model.apply({"params": p}, z, method=AutoencoderKL.decode), -1, 1))
+    latents_NHWC = np.asarray(latents_NHWC, np.float32)
+    out = []
+    for start in range(0, len(latents_NHWC), batch_size):
+        chunk = latents_NHWC[start:start + batch_size]
+        n = len(chunk)
+        chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+        images = np.asarray(decode(params, chunk))[:n]
+        out.append(np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
 def make_config(cfg: Mapping[str, Any]) -> Config:
     """Config from a dict (optional "size" from SIZES plus overrides)."""
     from jaxmodels.models import sized_config

@@ -313,10 +313,28 @@ def _load(workdir: str, use_ema: bool = True):
     return build_task(cfg), params
 
 
+def decode_samples(data_cfg, samples: np.ndarray) -> Optional[np.ndarray]:
+    """uint8 images [N, H, W, 3] of latent samples when data.vae names the VAE that encoded
+    them (samples are in data units, latents x data.latent_scale); None without a VAE."""
+    vae_path = data_cfg.get("vae", "") if hasattr(data_cfg, "get") else ""
+    if not vae_path:
+        return None
+    from jaxmodels.convert.vae import load_vae
+    from jaxmodels.models.vae import decode_in_batches
+
+    model, params = load_vae(vae_path)
+    if samples.shape[-1] != model.cfg.latent_channels:
+        raise ConfigError(f"data.vae={vae_path!r} decodes {model.cfg.latent_channels}-channel latents; the "
+                          f"samples have {samples.shape[-1]} channels (wrong VAE, or unset data.vae)")
+    scale = float(data_cfg.get("latent_scale", 1.0))
+    return decode_in_batches(model, params, np.asarray(samples) / scale + model.cfg.shift_factor)
+
+
 def sample_workdir(workdir: str, num: int = 64, cfg_scale: float = 4.0, sampler: str = "ddim",
                    steps: int = 50, seed: int = 0, use_ema: bool = True) -> dict:
     """Samples `num` images from the newest checkpoint of a run; writes a grid PNG and an
-    .npz (samples float32 [N,H,W,C] in data units, labels / captions / attrs) into
+    .npz (samples float32 [N,H,W,C] in data units, labels / captions / attrs, and, when
+    data.vae names a VAE, "images": the decoded uint8 pictures the grid shows) into
     workdir/samples/. Returns {"png", "npz", "samples", ...the conditions}."""
     task, params = _load(workdir, use_ema)
     conds = task.eval_conditions(num, seed=seed)
@@ -326,8 +344,12 @@ def sample_workdir(workdir: str, num: int = 64, cfg_scale: float = 4.0, sampler:
     stem = os.path.join(workdir, "samples", f"sample_{sampler}{steps}_cfg{cfg_scale:g}_seed{seed}"
                         + ("" if use_ema else "_noema"))
     rows = num // 8 if ("labels" in conds and num % 8 == 0) else None
-    png = save_grid(samples if samples.shape[-1] in (1, 3) else samples[..., :3], stem + ".png", rows=rows)
     extra = {k: np.asarray(v) for k, v in conds.items() if k in ("labels", "attrs", "captions")}
+    pixels = decode_samples(task.cfg.data, samples)
+    if pixels is not None:   # a latent run with a VAE: the grid shows decoded images
+        extra["images"] = pixels
+    png = save_grid(pixels if pixels is not None else samples if samples.shape[-1] in (1, 3) else samples[..., :3],
+                    stem + ".png", rows=rows)
     np.savez(stem + ".npz", samples=samples, **extra)
     return {"png": png, "npz": stem + ".npz", "samples": samples, **extra}
 
