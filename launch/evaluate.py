@@ -9,6 +9,13 @@ to as many real images in the judge's feature space (comparable only at equal --
 The judge (jaxmodels/diffusion/judge.py) trains once, on first use (a few minutes on a CPU;
 it says so), and is cached.
 
+FID (any image run, pixels or latents with data.vae):
+    python -m launch.evaluate --fid --workdir RUN --ref REF --inception fid_inception.safetensors [--num 10000]
+    python -m launch.evaluate --fid --images FOLDER --ref REF --inception fid_inception.safetensors
+REF is an image folder, a statistics .npz (mu, sigma: pytorch-fid --save-stats, ADM's
+reference batches) or an images .npz (arr_0). The weights are pytorch-fid's, converted once
+with launch.convert_fid_inception; FID numbers are comparable with pytorch-fid's.
+
 LMs (--tokens / --hellaswag / --hf): perplexity and HellaSwag accuracy, see launch/evaluate_lm.py.
 """
 from launch import _env  # noqa: F401  (must come before jax)
@@ -25,7 +32,13 @@ def main(argv=None) -> int:
     if evaluate_lm.wants_lm(sys.argv[1:] if argv is None else argv):  # LMs: perplexity / HellaSwag
         return evaluate_lm.main(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--workdir", help="a diffusion run (required unless --fid --images)")
+    parser.add_argument("--fid", action="store_true", help="FID against --ref instead of the judge")
+    parser.add_argument("--ref", default="", help="FID reference: image folder, stats .npz or images .npz")
+    parser.add_argument("--images", default="", help="with --fid: score this image folder instead of a run")
+    parser.add_argument("--inception", default="", help="FID Inception weights (.safetensors from "
+                        "launch.convert_fid_inception)")
+    parser.add_argument("--batch-size", type=int, default=50, help="FID Inception batch")
     parser.add_argument("--num", type=int, default=256)
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's task.cfg_scale)")
     parser.add_argument("--sampler", default=None, help="default: the run's task.sampler")
@@ -33,11 +46,24 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-ema", action="store_true")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    from jaxmodels.tasks.diffusion import evaluate_workdir
+    from jaxmodels.tasks.diffusion import evaluate_workdir, fid_workdir
     from launch._runs import require_run
+    if args.fid and not args.ref:
+        parser.error("--fid needs --ref <image folder, stats .npz or images .npz>")
+    if not args.workdir and not (args.fid and args.images):
+        parser.error("give --workdir (or --fid --images FOLDER)")
     try:
-        metrics = evaluate_workdir(require_run(args.workdir), num=args.num, cfg_scale=args.cfg, sampler=args.sampler,
-                                   steps=args.steps, seed=args.seed, use_ema=not args.no_ema)
+        if args.fid and args.images:
+            from jaxmodels.diffusion.fid import fid_against
+            metrics = fid_against(args.ref, args.inception, folder=args.images, batch_size=args.batch_size)
+        elif args.fid:
+            metrics = fid_workdir(require_run(args.workdir), args.ref, args.inception, num=args.num,
+                                  cfg_scale=args.cfg, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                  use_ema=not args.no_ema, batch_size=args.batch_size)
+        else:
+            metrics = evaluate_workdir(require_run(args.workdir), num=args.num, cfg_scale=args.cfg,
+                                       sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                       use_ema=not args.no_ema)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -131,3 +131,16 @@ def reference_statistics(ref: str, features: Optional[FIDFeatures], progress: bo
                                        desc="ref"))
     raise ConfigError(f"{ref}: expected 'mu' + 'sigma' (statistics) or 'arr_0' / 'images' (uint8 images); "
                       f"has {sorted(data.files)}")
+
+
+def fid_against(ref: str, inception: str, images: Optional[np.ndarray] = None, folder: str = "",
+                batch_size: int = 50, progress: bool = True) -> dict:
+    """FID of generated `images` (uint8 [N, H, W, 3]) or of an image `folder` against `ref`."""
+    features = FIDFeatures(inception, batch_size)
+    if images is not None:
+        count, batches = array_batches(images, batch_size)
+    else:
+        count, batches = folder_batches(folder, batch_size)
+    mu, sigma = statistics(features(count, batches, progress=progress, desc="samples"))
+    mu_ref, sigma_ref = reference_statistics(ref, features, progress)
+    return {"fid": frechet_distance(mu, sigma, mu_ref, sigma_ref), "num": int(count)}
