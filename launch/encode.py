@@ -7,12 +7,16 @@
 --images: one sub-folder per class (labels = sorted folder names); an <image>.txt beside an
 image is its caption. --tfds NAME reads a prepared tfds dataset instead (never downloads);
 --embedded N encodes N of the generated shapes (no files needed). Without --vae the
-pixels themselves are stored (pixel-space models). Killed, the same command resumes where
+pixels themselves are stored (pixel-space models). --captions ENCODER caches each caption's
+embedding (+ mask) from a T5 (PixArt: 120 tokens) or CLIP text encoder folder (Stable
+Diffusion: 77); train with model.text_encoder=precomputed, data.text=True and
+data.text_emb_shape=(length, width) as printed at the end. Killed, the same command resumes where
 it stopped; the output folder is what `data.source=arrays` reads (data.path=<--out>).
 """
 from launch import _env  # noqa: F401  (must come before jax)
 
 import argparse
+import os
 import sys
 
 from jaxmodels.config import ConfigError
@@ -34,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=1024, help="items per shard file")
+    parser.add_argument("--captions", default="", help="T5 / CLIP text encoder folder: cache caption embeddings")
+    parser.add_argument("--caption-len", type=int, default=0, help="caption tokens (default: T5 120, CLIP 77)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -46,16 +52,29 @@ def main(argv=None) -> int:
         else:
             source, path = "embedded", str(args.embedded)
         items = image_items(source, path, args.image_size, args.tfds_data_dir, args.split)
+        text_encoder, text = None, {}
+        if args.captions:
+            from jaxmodels.data.captions import caption_encoder
+            text_encoder, text = caption_encoder(args.captions, args.caption_len, args.batch_size)
+            text["encoder"] = os.path.abspath(args.captions)
         manifest = encode_dataset(
             items, args.out, vae_path=args.vae, batch_size=args.batch_size, shard_size=args.shard_size,
             flip=args.flip, sample=args.sample, seed=args.seed, progress=not args.no_progress,
-            options={"source": source, "path": path, "image_size": args.image_size, "split": args.split})
+            text_encoder=text_encoder,
+            options={"source": source, "path": path, "image_size": args.image_size, "split": args.split,
+                     "captions": text})
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     scale = manifest["options"]["scaling_factor"]
-    print(f"wrote {manifest['num_items']} items to {args.out}; train with --config.data.source=arrays "
-          f"--config.data.path={args.out} --config.data.latent_scale={scale}")
+    flags = f"--config.data.source=arrays --config.data.path={args.out} --config.data.latent_scale={scale}"
+    if args.vae:
+        flags += f" --config.data.vae={args.vae}"
+    if text:
+        flags += (f" --config.data.text=True --config.data.text_emb_shape=({text['length']},{text['dim']})"
+                  f" --config.model.text_encoder=precomputed --config.model.text_dim={text['dim']}"
+                  f" --config.model.text_len={text['length']}")
+    print(f"wrote {manifest['num_items']} items to {args.out}; train with {flags}")
     return 0
 
 
