@@ -324,7 +324,7 @@ def image_data_config(**overrides):
     fixed); size (virtual length of the embedded train split), val_size; tfds_name,
     tfds_data_dir (tfds_train_split / tfds_val_split may be added); latent_scale (arrays);
     vae (arrays of latents: the diffusers VAE folder that encoded them, so samples decode
-    to pictures);
+    to pictures); text_emb_shape ((tokens, width) of cached caption embeddings in arrays);
     glyph_sizes (embedded only: e.g. ("large",) draws only large shapes; () = every size);
     bad_images (folder: "skip" an undecodable image with a warning, or "error");
     num_threads, prefetch (grain read options).
@@ -334,7 +334,7 @@ def image_data_config(**overrides):
     d = dict(source="embedded", path="", image_size=32, channels=3, num_classes=glyphs.NUM_CLASSES,
              text=False, caption_len=72, flip=False, size=1_000_000, val_size=512,
              tfds_name="", tfds_data_dir="", latent_scale=1.0, num_threads=2, prefetch=4,
-             glyph_sizes=(), bad_images="skip", vae="")
+             glyph_sizes=(), bad_images="skip", vae="", text_emb_shape=())
     d.update(overrides)
     return ml_collections.ConfigDict(d)
 

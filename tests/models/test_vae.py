@@ -77,3 +77,19 @@ def test_sd_vae_parameter_count():
                                             method=vae.AutoencoderKL.decode))
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves({**shapes["params"], **dec["params"]}))
     assert abs(count / 1e6 - 83.65) < 0.05   # sd-vae-ft-mse: 83,653,863 parameters
+
+
+def test_decode_samples_uses_the_configs_vae(loaded):
+    import ml_collections
+
+    from jaxmodels.tasks.diffusion import decode_samples
+
+    (model, params), ref = loaded
+    data = ml_collections.ConfigDict(dict(vae=FIXTURE, latent_scale=0.18215))
+    images = decode_samples(data, ref["mean"] * 0.18215)
+    want = np.clip(np.round((np.clip(ref["decoded"], -1, 1) + 1) * 127.5), 0, 255)
+    assert images.dtype == np.uint8 and images.shape == (2, 16, 16, 3)
+    assert np.max(np.abs(images.astype(int) - want)) <= 1
+    assert decode_samples(ml_collections.ConfigDict(dict(vae="", latent_scale=1.0)), ref["mean"]) is None
+    with pytest.raises(ConfigError, match="4-channel"):
+        decode_samples(data, ref["image"])
