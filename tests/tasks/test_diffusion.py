@@ -79,13 +79,16 @@ def test_text_task_batches_conditions_and_loss():
 
 def test_configs_variants_and_errors():
     for spec in ("dit_small.py", "dit_small.py:cpu", "dit_small.py:smoke", "dit_b2.py", "pixart_small.py",
-                 "pixart_small.py:cpu", "pixart_small.py:smoke", "unet_ddpm64.py", "unet_ddpm64.py:smoke"):
+                 "pixart_small.py:cpu", "pixart_small.py:smoke", "unet_ddpm64.py", "unet_ddpm64.py:smoke",
+                 "dit_b2.py:cpu", "dit_b2.py:smoke", "sd_light.py", "sd_light.py:smoke", "unet_folder64.py",
+                 "unet_folder64.py:smoke"):
         cfg = load_config(os.path.join(ROOT, "configs", spec))
         task = build_task(cfg)
         params = jax.eval_shape(task.init_params, jax.random.key(0))
         assert sum(p.size for p in jax.tree.leaves(params)) > 0
         assert task.abstract_batch(2)["image"].shape[1:] == task.image_shape
-    for spec in ("dit_small.py:nope", "dit_b2.py:smoke", "pixart_small.py:nope", "unet_ddpm64.py:cpu"):
+    for spec in ("dit_small.py:nope", "dit_b2.py:nope", "pixart_small.py:nope", "unet_ddpm64.py:cpu",
+                 "sd_light.py:cpu", "unet_folder64.py:cpu"):
         with pytest.raises(ConfigError, match="valid"):
             load_config(os.path.join(ROOT, "configs", spec))
     with pytest.raises(ConfigError, match="valid"):
@@ -157,3 +160,14 @@ def test_timestep_sampling_uniform_and_logit_normal():
         sample_timesteps(key, 4, 1000, "cubic")
     with pytest.raises(ConfigError, match="timestep_sampling"):
         build_task(load_config("configs/dit_small.py:smoke", ["task.timestep_sampling=cubic"]))
+
+
+@pytest.mark.slow   # compiling two U-Net train steps: minutes on two loaded cores
+def test_sd_light_and_folder_unet_smoke_train_a_step(tmp_path):
+    from jaxmodels.train.loop import train
+
+    for spec in ("sd_light.py:smoke", "unet_folder64.py:smoke"):
+        cfg = load_config(os.path.join(ROOT, "configs", spec), ["train.steps=2", "train.checkpoint_every=2",
+                                                                 "task.eval_samples=0"])
+        train(cfg, str(tmp_path / spec))
+        assert os.listdir(tmp_path / spec / "checkpoints")
