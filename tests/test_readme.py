@@ -134,6 +134,17 @@ EVALUATE_LM = ("python -m launch.evaluate --workdir runs/smoke --tokens data/sha
 MOE_DENSE = "python -m launch.train --config configs/moe_gpt.py:dense_cpu " + QUICK
 BITNET_RUN = f"python -m launch.train --config configs/bitnet_b158.py:smoke --workdir runs/bitnet_b158_cpu {SMOKE_LM}"
 
+# The image-folder row: generated captioned shapes at 32 px, the committed tiny random VAE
+# (2x down: 16x16x4 latents, what dit_b2.py:cpu reads) and the seeded stand-in FID weights.
+MY_IMAGES = "python -c \"from jaxmodels.data import glyphs; glyphs.write_folder('data/my_images', 48, 32)\""
+ENCODE = ("python -m launch.encode --images data/my_images --vae {fixtures}/vae --out data/my_latents "
+          "--image-size 32 --batch-size 8 --shard-size 16 --no-progress")
+DIT_B2_CPU = ("python -m launch.train --config configs/dit_b2.py:cpu --config.data.path=data/my_latents "
+              f"--config.data.vae={{fixtures}}/vae {QUICK} {SMALL_CPU_DIT} --config.train.batch_size=4 "
+              "--config.task.eval_samples=8 --config.task.sample_steps=2 --config.train.eval_batches=0")
+FID_WEIGHTS = ("python -c \"import sys; sys.path.insert(0, '{fixtures}'); from inception_weights import state_dict; "
+               "from safetensors.numpy import save_file; save_file(state_dict(), 'fid_inception.safetensors')\"")
+
 TINY: dict[str, Tiny] = {
     # --- the two commands at the top
     "pip install . && python -m launch.train --config configs/dit_small.py": Tiny((
@@ -161,6 +172,25 @@ TINY: dict[str, Tiny] = {
         "python -m launch.train --config configs/dit_small.py:smoke --workdir runs/dit_small_cpu",
         "python -m launch.evaluate --workdir runs/dit_small_cpu --num 16 --steps 2",
     ), expect=("judge_accuracy",)),
+    "python -m launch.encode --images data/my_images --vae path/to/sd-vae-ft-mse --out data/my_latents "
+    "--image-size 128": Tiny((MY_IMAGES, ENCODE), expect=("wrote 48 items", "latent_scale=0.18215")),
+    "python -m launch.train --config configs/dit_b2.py:cpu --config.data.path=data/my_latents "
+    "--config.data.vae=path/to/sd-vae-ft-mse": Tiny((MY_IMAGES, ENCODE, DIT_B2_CPU)),
+    "python -m launch.sample --workdir runs/dit_b2_cpu --num 16 --steps 25": Tiny((
+        MY_IMAGES, ENCODE, DIT_B2_CPU,
+        "python -m launch.sample --workdir runs/dit_b2_cpu --num 8 --steps 2",
+        "python -c \"import numpy as np, glob; assert np.load(glob.glob('runs/dit_b2_cpu/samples/*.npz')[0])"
+        "['images'].shape == (8, 32, 32, 3)\"",
+    )),
+    "python -m launch.evaluate --fid --workdir runs/dit_b2_cpu --ref data/my_images "
+    "--inception fid_inception.safetensors": Tiny((
+        MY_IMAGES, ENCODE, DIT_B2_CPU, FID_WEIGHTS,
+        "python -m launch.evaluate --fid --workdir runs/dit_b2_cpu --ref data/my_images --num 8 --steps 2 "
+        "--inception fid_inception.safetensors --batch-size 8",
+    ), expect=("fid",)),
+    "python -m launch.train --config configs/sd_light.py:smoke": Tiny((
+        f"python -m launch.train --config configs/sd_light.py:smoke {QUICK}",
+    )),
     "python -m launch.train --config configs/pixart_small.py:cpu": Tiny((
         f"python -m launch.train --config configs/pixart_small.py:cpu {QUICK} {TINY_DIT} {SMALL_CPU_DIT}",
     )),
