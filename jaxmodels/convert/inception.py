@@ -85,7 +85,8 @@ def load_fid_inception(path: str) -> tuple[FIDInceptionV3, dict]:
     if not path or not os.path.isfile(path):
         raise ConfigError(f"FID needs pytorch-fid's Inception weights (got {path!r}): download {WEIGHTS_URL} "
                           f"where there is network, convert it once with `python -m launch.convert_fid_inception "
-                          f"--pth <file> --out fid_inception.safetensors`, and pass --inception fid_inception.safetensors")
+                          f"--pth <file> --out fid_inception.safetensors`, and pass "
+                          f"--inception fid_inception.safetensors")
     if path.endswith((".pth", ".pt")):
         try:
             import torch

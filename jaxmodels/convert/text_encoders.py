@@ -52,8 +52,8 @@ def t5_params(folder: str, cfg: t5_model.Config) -> dict:
     except ConfigError:
         embed = get("encoder.embed_tokens.weight")
     lin = lambda name: {"kernel": get(name + ".weight").T}  # noqa: E731
-    params = {"embed": {"embedding": embed},
-              "relative_bias": {"embedding": get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")},
+    bias = get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    params = {"embed": {"embedding": embed}, "relative_bias": {"embedding": bias},
               "final_norm": {"scale": get("encoder.final_layer_norm.weight")}}
     for i in range(cfg.num_layers):
         b = f"encoder.block.{i}.layer"

@@ -10,7 +10,7 @@ A flipped image's caption has its words left/right swapped.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 

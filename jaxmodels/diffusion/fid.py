@@ -97,7 +97,8 @@ class FIDFeatures:
         self.batch_size = batch_size
         self._apply = jax.jit(lambda p, x: self.model.apply({"params": p}, x))
 
-    def __call__(self, count: int, batches: Iterable[np.ndarray], progress: bool = True, desc: str = "fid") -> np.ndarray:
+    def __call__(self, count: int, batches: Iterable[np.ndarray], progress: bool = True,
+                 desc: str = "fid") -> np.ndarray:
         bar = None
         if progress:
             from tqdm import tqdm
