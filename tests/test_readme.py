@@ -173,7 +173,7 @@ TINY: dict[str, Tiny] = {
         "python -m launch.evaluate --workdir runs/dit_small_cpu --num 16 --steps 2",
     ), expect=("judge_accuracy",)),
     "python -m launch.encode --images data/my_images --vae path/to/sd-vae-ft-mse --out data/my_latents "
-    "--image-size 128": Tiny((MY_IMAGES, ENCODE), expect=("wrote 48 items", "latent_scale=0.18215")),
+    "--image-size 128": Tiny((MY_IMAGES, ENCODE), slow=False, expect=("wrote 48 items", "latent_scale=0.18215")),
     "python -m launch.train --config configs/dit_b2.py:cpu --config.data.path=data/my_latents "
     "--config.data.vae=path/to/sd-vae-ft-mse": Tiny((MY_IMAGES, ENCODE, DIT_B2_CPU)),
     "python -m launch.sample --workdir runs/dit_b2_cpu --num 16 --steps 25": Tiny((
