@@ -292,7 +292,8 @@ class DiffusionTask(Task):
         rows = None
         if "labels" in conds and num % 8 == 0:
             rows = num // 8
-        save_grid(samples if samples.shape[-1] in (1, 3) else samples[..., :3],
+        pixels = decode_samples(self.cfg.data, samples)   # latent runs with data.vae: pictures
+        save_grid(pixels if pixels is not None else samples if samples.shape[-1] in (1, 3) else samples[..., :3],
                   os.path.join(folder, f"step_{step:06d}.png"), rows=rows)
         metrics: dict = {}
         # The judge reads any RGB size (it resizes to its 32x32); "none" gets the Frechet only.
