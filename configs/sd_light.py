@@ -13,7 +13,8 @@ so neither sits beside the U-Net during training:
     python -m launch.train --config configs/sd_light.py:smoke     # tiny, on the generated captioned shapes
 
 The U-Net (ch 192, mult 1,2,4, 2 ResBlocks per level, attention + cross-attention at latent
-resolutions 16 and 8) is ~1/6 of SD 1.x's 860M; SD's recipe otherwise: eps prediction,
+resolutions 16 and 8) has 164M parameters, about 1/5 of SD 1.x's 860M; `launch.memory` plans
+9.2 of 12 GiB at batch 64 in 2 micro-batches (BENCHMARKS.md). SD's recipe otherwise: eps prediction,
 scaled-linear betas (SD: linear in sqrt(beta), here the linear schedule), latent scale
 0.18215, caption dropout 0.1 for guidance 7.5, AdamW lr 1e-4.
 """
