@@ -387,6 +387,8 @@ def fid_workdir(workdir: str, ref: str, inception: str, num: int = 256, cfg_scal
     samples = task.sample(params, conds["cond"], jax.random.key(seed), cfg_scale=cfg_scale,
                           sampler=sampler, steps=steps)
     images = decode_samples(task.cfg.data, samples)
+    if images is None and samples.shape[-1] == 1:   # grayscale pixels: as RGB, as pytorch-fid reads them
+        samples = np.repeat(np.asarray(samples), 3, axis=-1)
     if images is None:
         if samples.shape[-1] != 3:
             raise ConfigError(f"FID needs RGB pictures; this run samples {samples.shape[-1]}-channel latents: "
