@@ -335,9 +335,13 @@ class Checkpointer:
 
 
 def abstract_with_sharding(tree: PyTree, sharding=None) -> PyTree:
-    """ShapeDtypeStructs carrying a sharding (Orbax restores onto it); default: device 0."""
+    """ShapeDtypeStructs carrying a sharding (Orbax restores onto it, reading on each device
+    only its shards, whatever mesh saved them); default: device 0. sharding: one for every
+    leaf, or a tree of them with tree's structure (sharding.make_plan)."""
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding)
 
 
 def newest_meta(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:

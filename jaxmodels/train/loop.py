@@ -31,7 +31,8 @@ from jaxmodels.train.metrics import MetricsWriter, truncate_after
 from jaxmodels.train.progress import Reporter, cpu_advice, plan_line, saved_steps
 from jaxmodels.train.stopflag import StopFlag
 from jaxmodels.train.preflight import check_eval_inputs, check_resume_step, has_eval_line, run_eval_safely
-from jaxmodels.train.step import jit_train_step, make_eval_step, make_mesh, make_train_step, shardings
+from jaxmodels.train.sharding import describe, make_plan
+from jaxmodels.train.step import jit_train_step, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def _host_batch(batch: dict, abstract: dict, split_sharding) -> dict:
         raise ValueError(f"batch entries {missing} are not in task.abstract_batch ({sorted(abstract)})")
     out = {k: np.asarray(v, dtype=abstract[k].dtype) for k, v in batch.items()}
     if split_sharding is not None:
-        out = jax.device_put(out, split_sharding)
+        # Each device (of any process) takes its rows of the global batch.
+        out = {k: jax.make_array_from_callback(v.shape, split_sharding, lambda idx, v=v: v[idx])
+               for k, v in out.items()}
     return out
 
 
@@ -151,11 +154,15 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     print(plan_line(cfg, task.unit, float(task.units_per_example()), max(saved_steps(workdir), default=0),
                     workdir), flush=True)
     setup = make_setup(task, cfg)
-    mesh = make_mesh(cfg.mesh)
-    replicated, split = shardings(mesh)
-    jitted = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, tc, setup.trainable), mesh)
+    plan = make_plan(cfg, setup.abstract_state)  # the mesh and where each array lives on it
+    mesh, replicated, split = plan.mesh, plan.replicated, plan.batch
+    state_sharding = replicated if plan.state is None else plan.state
+    if mesh is not None:
+        print(describe(plan, setup.abstract_state), flush=True)
+    jitted = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, tc, setup.trainable), mesh,
+                            plan.state)
     abstract_batch = task.abstract_batch(batch_size)
-    abstract_state = abstract_with_sharding(setup.abstract_state, replicated)
+    abstract_state = abstract_with_sharding(setup.abstract_state, state_sharding)
 
     step_fn = jitted
     if cfg.memory.check:
@@ -174,7 +181,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     state_sig = state_signature(setup.abstract_state, setup.trainable)
     meta = {"config": config_to_json(cfg), "signature": signature, "state_signature": state_sig}
     ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable, writer=True)
-    base_state = lambda: fresh_state(task, cfg, setup, replicated)  # noqa: E731
+    base_state = lambda: fresh_state(task, cfg, setup, state_sharding)  # noqa: E731
     try:
         found = ckpt.restore(abstract_state, data_iter,
                              check_meta=lambda m: check_compatible(m, cfg, signature, workdir, state_sig),
@@ -188,14 +195,14 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
         step, state, _ = found
         print(f"resumed from {ckpt.manager.directory} at step {step}", flush=True)
     else:
-        step, state = 0, fresh_state(task, cfg, setup, replicated)
+        step, state = 0, fresh_state(task, cfg, setup, state_sharding)
     if _stopped_early(stop, f"before step {step + 1}"):
         ckpt.close()
         return {}
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     truncate_after(metrics_path, step)
 
-    eval_step = make_eval_step(task, mesh)
+    eval_step = make_eval_step(task, mesh, plan.params)
     units_per_batch = batch_size * float(task.units_per_example())
     flops_per_example = float(task.flops_per_example())
     n_devices = 1 if mesh is None else mesh.size
