@@ -146,7 +146,7 @@ def frozen_fingerprint(params: PyTree, trainable: Optional[PyTree]) -> Optional[
     if trainable is None:
         return None
     frozen = [x for x, keep in zip(jax.tree.leaves(params), jax.tree.leaves(trainable)) if not keep]
-    return integrity.json_crc([integrity.array_crc(x) for x in frozen])
+    return integrity.json_crc([integrity.array_checksum(x) for x in frozen])
 
 
 def _tmp_dirs(directory: str) -> list[str]:

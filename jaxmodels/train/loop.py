@@ -11,6 +11,7 @@ so a Ctrl-C during compilation or restore stops cleanly too.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from jaxmodels.tasks import build_task
 from jaxmodels.train import flops as flops_lib
 from jaxmodels.train import memory as memory_lib
 from jaxmodels.train.build import fresh_state, make_setup
+from jaxmodels.train.distributed import NullWriter, host_local, is_primary
 from jaxmodels.train.checkpoint import (Checkpointer, abstract_with_sharding, check_compatible,
                                         config_to_json, model_signature, state_signature)
 from jaxmodels.train.guard import StepGuard, TrainingDivergedError  # noqa: F401  (re-exported)
@@ -110,6 +112,10 @@ def evaluate(task, eval_step, state, cfg, workdir: str, step: int, split_shardin
     if total_w > 0:
         out.update({f"val_{name}": v / total_w for name, v in sums.items()})
     judged = state.ema if state.ema is not None else state.params
+    if jax.process_count() > 1:  # samples come from process 0 alone, on its own devices
+        judged = host_local(judged)
+        if not is_primary():
+            return out
     out.update(task.evaluate(judged, step, workdir) or {})
     return out
 
@@ -127,7 +133,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     stop = StopFlag()
     stop.install()  # before anything slow: an early Ctrl-C sets the flag, never a half-built run
     try:
-        with WorkdirLock(workdir):
+        # Many processes: process 0 holds the lock for all of them (they share the workdir).
+        with WorkdirLock(workdir) if is_primary() else contextlib.nullcontext():
             return _train(cfg, workdir, stop)
     finally:
         stop.uninstall()
@@ -180,7 +187,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     signature = model_signature(setup.abstract_params)
     state_sig = state_signature(setup.abstract_state, setup.trainable)
     meta = {"config": config_to_json(cfg), "signature": signature, "state_signature": state_sig}
-    ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable, writer=True)
+    ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable, writer=is_primary())
     base_state = lambda: fresh_state(task, cfg, setup, state_sharding)  # noqa: E731
     try:
         found = ckpt.restore(abstract_state, data_iter,
@@ -200,7 +207,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
         ckpt.close()
         return {}
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    truncate_after(metrics_path, step)
+    primary = is_primary()
+    if primary:
+        truncate_after(metrics_path, step)
 
     eval_step = make_eval_step(task, mesh, plan.params)
     units_per_batch = batch_size * float(task.units_per_example())
@@ -210,16 +219,17 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     if flops_per_example > 0:
         dtype = str(cfg.model.get("dtype", "float32")) if "model" in cfg else "float32"
         peak = flops_lib.peak_flops(dtype=dtype)
-    writer = MetricsWriter(workdir, bool(tc.tensorboard))
+    writer = MetricsWriter(workdir, bool(tc.tensorboard)) if primary else NullWriter()
     if found is not None and (_is_every(step, int(tc.eval_every)) or step == total_steps) \
             and not has_eval_line(metrics_path, step):
         # Killed between this step's save and its eval (saves come first): redo the eval.
         run_eval_safely(lambda: evaluate(task, eval_step, state, cfg, workdir, step, split), writer, step, tc)
     bar = None
-    if tc.progress:
+    if tc.progress and primary:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
-    report = Reporter(cfg, task.unit, units_per_batch, bar)
+    report = Reporter(cfg, task.unit, units_per_batch, bar,
+                      stream=None if primary else open(os.devnull, "w"))  # noqa: SIM115
 
     pending: list = []
     last: dict = {}
