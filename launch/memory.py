@@ -33,7 +33,8 @@ def take_devices(argv: list[str]) -> tuple[int, list[str]]:
 if __name__ == "__main__":  # fake devices must be asked for before jax is imported
     _n, _ = take_devices(sys.argv[1:])
     if _n > 1:
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_n}".strip()
+        _flag = f"--xla_force_host_platform_device_count={_n}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from launch import _env  # noqa: F401,E402  (must come before jax)

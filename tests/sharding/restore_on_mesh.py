@@ -1,6 +1,7 @@
 """Run as a program with forced host devices (set before jax is imported):
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.sharding.restore_on_mesh WORKDIR DATA FSDP TENSOR OUT.npz
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python -m tests.sharding.restore_on_mesh WORKDIR DATA FSDP TENSOR OUT.npz
 
 Restores the newest checkpoint of WORKDIR onto the mesh (DATA, FSDP, TENSOR) (whatever mesh
 saved it), saves the params as host arrays to OUT.npz and prints one JSON line with the
