@@ -316,14 +316,18 @@ class Checkpointer:
         if not damaged:
             return
         self.manager.wait_until_finished()
-        aside = os.path.join(os.path.abspath(self.workdir), folder)
-        os.makedirs(aside, exist_ok=True)
-        for step in damaged:
-            src = os.path.join(checkpoint_dir(self.workdir), str(step))
-            dst = os.path.join(aside, f"{step}.{len(os.listdir(aside))}")
-            if os.path.isdir(src):
-                os.rename(src, dst)
-                log.warning("moved damaged checkpoint %s to %s", src, dst)
+        if jax.process_index() == 0:  # many processes share the folder: one moves, all wait
+            aside = os.path.join(os.path.abspath(self.workdir), folder)
+            os.makedirs(aside, exist_ok=True)
+            for step in damaged:
+                src = os.path.join(checkpoint_dir(self.workdir), str(step))
+                dst = os.path.join(aside, f"{step}.{len(os.listdir(aside))}")
+                if os.path.isdir(src):
+                    os.rename(src, dst)
+                    log.warning("moved damaged checkpoint %s to %s", src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxmodels_set_aside")
         self.manager.reload()
 
     def _skip(self, step: int, error: Exception) -> str:
