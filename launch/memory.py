@@ -3,19 +3,54 @@ prints params / optimizer / activations against memory.budget_gb.
 
     python -m launch.memory --config configs/gpt2_124m.py[:variant] [--config.train.micro_batches=4 ...]
 
+On a mesh every number is per device. To size a mesh without its devices, --devices N
+compiles for N fake CPU devices, e.g. LLaMA-7B with FSDP over 8:
+    python -m launch.memory --config configs/llama2_7b_qlora.py --devices 8 --config.mesh.data=1 \
+        --config.mesh.fsdp=8 --config.model.lora_rank=0 --config.model.quant=none
+
 Exit status 0 when it fits, 1 when it does not, 2 for a config error.
 """
-from launch import _env  # noqa: F401  (must come before jax)
-
+import os
 import sys
 
-from jaxmodels.config import ConfigError
+
+def take_devices(argv: list[str]) -> tuple[int, list[str]]:
+    """(N of --devices N or --devices=N, 0 without it; argv without that flag)."""
+    out, n, i = [], 0, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--devices" and i + 1 < len(argv):
+            n, i = int(argv[i + 1]), i + 2
+            continue
+        if arg.startswith("--devices="):
+            n = int(arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+        i += 1
+    return n, out
+
+
+if __name__ == "__main__":  # fake devices must be asked for before jax is imported
+    _n, _ = take_devices(sys.argv[1:])
+    if _n > 1:
+        _flag = f"--xla_force_host_platform_device_count={_n}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from launch import _env  # noqa: F401,E402  (must come before jax)
+
+from jaxmodels.config import ConfigError  # noqa: E402
 
 
 def main(argv=None) -> int:
     from launch.train import parse
     argv = sys.argv[1:] if argv is None else argv
     try:
+        devices, argv = take_devices(argv)
+        import jax
+        if devices > jax.device_count():
+            raise ConfigError(f"--devices {devices} but jax already started with {jax.device_count()}: "
+                              f"pass --devices on the command line of python -m launch.memory")
         _, cfg = parse(argv, __doc__, workdir=False)
         from jaxmodels.train.memory import advice, estimate
         report = estimate(cfg)

@@ -1,7 +1,10 @@
 """Train (or resume) an experiment.
 
     python -m launch.train --config configs/gpt_shakespeare_char.py[:smoke] [--workdir DIR] \
-        [--config.train.steps=200 ...]
+        [--config.train.steps=200 ...] [--config.mesh.data=2 --config.mesh.fsdp=4 ...]
+
+Many processes (hosts): under SLURM (srun, more than one task) each process joins by itself;
+elsewhere start one per host with --coordinator=HOST:PORT --num_processes=N --process_id=I.
 
 Re-running the same command resumes from the newest good checkpoint in the workdir
 (default runs/<config name>[_<variant>]).
@@ -28,6 +31,9 @@ def parse(argv: list[str], description: str, workdir: bool = True):
     parser.add_argument("--config", required=True, help="configs/<name>.py[:variant]")
     if workdir:
         parser.add_argument("--workdir", default="", help="run directory (default: train.workdir or runs/<name>)")
+        parser.add_argument("--coordinator", default="", help="multi-process run: HOST:PORT of process 0")
+        parser.add_argument("--num_processes", type=int, default=0, help="multi-process run: how many processes")
+        parser.add_argument("--process_id", type=int, default=-1, help="multi-process run: this process, 0..N-1")
     args, rest = parser.parse_known_args(argv)
     overrides, i = [], 0
     while i < len(rest):
@@ -68,6 +74,8 @@ def main(argv=None) -> int:
     workdir = None
     try:
         args, cfg = parse(argv, __doc__)
+        from jaxmodels.train.distributed import initialize
+        initialize(args.coordinator, args.num_processes, args.process_id)  # before any device is touched
         workdir = args.workdir or cfg.train.get("workdir", "") or default_workdir(args.config)
         created = not os.path.exists(workdir)
         from jaxmodels.train.loop import train

@@ -11,7 +11,8 @@ import ml_collections
 from jaxmodels.tasks import build_task
 from jaxmodels.train import flops as flops_lib
 from jaxmodels.train.build import fresh_state, make_setup
-from jaxmodels.train.step import jit_train_step, make_mesh, make_train_step, shardings
+from jaxmodels.train.sharding import make_plan
+from jaxmodels.train.step import jit_train_step, make_train_step
 
 
 def synthetic_batch(abstract: dict, sharding=None) -> dict:
@@ -26,11 +27,11 @@ def benchmark(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, 
     """Runs warmup + steps train steps; returns timings (each step timed to completion)."""
     task = build_task(cfg)
     setup = make_setup(task, cfg)
-    mesh = make_mesh(cfg.mesh)
-    replicated, split = shardings(mesh)
+    plan = make_plan(cfg, setup.abstract_state)
+    mesh, split = plan.mesh, plan.batch
     step_fn = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train,
-                                             setup.trainable), mesh)
-    state = fresh_state(task, cfg, setup, replicated)
+                                             setup.trainable), mesh, plan.state)
+    state = fresh_state(task, cfg, setup, plan.state)
     batch_size = int(cfg.train.batch_size)
     abstract = task.abstract_batch(batch_size)
     data = iter(task.dataset("train", batch_size, int(cfg.train.seed))) if real_data else None

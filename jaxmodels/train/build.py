@@ -50,9 +50,13 @@ def make_setup(task, cfg: ml_collections.ConfigDict) -> Setup:
 
 
 def fresh_state(task, cfg: ml_collections.ConfigDict, setup: Setup, sharding=None) -> TrainState:
-    """Initialized params (or config.init_from's) wrapped in a new TrainState."""
+    """Initialized params (or config.init_from's) wrapped in a new TrainState.
+
+    sharding: one sharding for every leaf, or a TrainState of shardings (sharding.make_plan)."""
     init_key, train_key = root_keys(cfg.train.seed)
-    params = jax.jit(task.init_params)(init_key)
+    # On a mesh the params are born sharded (a model too big for one device never is whole).
+    params_sharding = getattr(sharding, "params", None)
+    params = jax.jit(task.init_params, out_shardings=params_sharding)(init_key)
     if cfg.get("init_from", ""):
         params = task.load_init_from(params, cfg.init_from)
     ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)

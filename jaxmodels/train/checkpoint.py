@@ -146,7 +146,7 @@ def frozen_fingerprint(params: PyTree, trainable: Optional[PyTree]) -> Optional[
     if trainable is None:
         return None
     frozen = [x for x, keep in zip(jax.tree.leaves(params), jax.tree.leaves(trainable)) if not keep]
-    return integrity.json_crc([integrity.array_crc(x) for x in frozen])
+    return integrity.json_crc([integrity.array_checksum(x) for x in frozen])
 
 
 def _tmp_dirs(directory: str) -> list[str]:
@@ -316,14 +316,18 @@ class Checkpointer:
         if not damaged:
             return
         self.manager.wait_until_finished()
-        aside = os.path.join(os.path.abspath(self.workdir), folder)
-        os.makedirs(aside, exist_ok=True)
-        for step in damaged:
-            src = os.path.join(checkpoint_dir(self.workdir), str(step))
-            dst = os.path.join(aside, f"{step}.{len(os.listdir(aside))}")
-            if os.path.isdir(src):
-                os.rename(src, dst)
-                log.warning("moved damaged checkpoint %s to %s", src, dst)
+        if jax.process_index() == 0:  # many processes share the folder: one moves, all wait
+            aside = os.path.join(os.path.abspath(self.workdir), folder)
+            os.makedirs(aside, exist_ok=True)
+            for step in damaged:
+                src = os.path.join(checkpoint_dir(self.workdir), str(step))
+                dst = os.path.join(aside, f"{step}.{len(os.listdir(aside))}")
+                if os.path.isdir(src):
+                    os.rename(src, dst)
+                    log.warning("moved damaged checkpoint %s to %s", src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("jaxmodels_set_aside")
         self.manager.reload()
 
     def _skip(self, step: int, error: Exception) -> str:
@@ -335,9 +339,13 @@ class Checkpointer:
 
 
 def abstract_with_sharding(tree: PyTree, sharding=None) -> PyTree:
-    """ShapeDtypeStructs carrying a sharding (Orbax restores onto it); default: device 0."""
+    """ShapeDtypeStructs carrying a sharding (Orbax restores onto it, reading on each device
+    only its shards, whatever mesh saved them); default: device 0. sharding: one for every
+    leaf, or a tree of them with tree's structure (sharding.make_plan)."""
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding)
 
 
 def newest_meta(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:

@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.kernels = ml_collections.ConfigDict(dict(
         attention="auto", cross_entropy="auto", norm="auto", selective_scan="auto", rwkv7="auto",
         nf4_matmul="auto"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: all devices on the data axis
+    # Device mesh (jaxmodels/train/mesh.py): data x fsdp x tensor devices; one size may be -1
+    # (the remaining devices). The batch splits over data*fsdp; fsdp also splits params and
+    # optimizer state (leaves of at least fsdp_min_size elements); tensor splits heads / MLP width.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, fsdp_min_size=1024))
     c.init_from = ""            # pretrained checkpoint: a launch.convert output or HF folder
     return c

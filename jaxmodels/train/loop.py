@@ -11,6 +11,7 @@ so a Ctrl-C during compilation or restore stops cleanly too.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from jaxmodels.tasks import build_task
 from jaxmodels.train import flops as flops_lib
 from jaxmodels.train import memory as memory_lib
 from jaxmodels.train.build import fresh_state, make_setup
+from jaxmodels.train.distributed import NullWriter, host_local, is_primary
 from jaxmodels.train.checkpoint import (Checkpointer, abstract_with_sharding, check_compatible,
                                         config_to_json, model_signature, state_signature)
 from jaxmodels.train.guard import StepGuard, TrainingDivergedError  # noqa: F401  (re-exported)
@@ -31,7 +33,8 @@ from jaxmodels.train.metrics import MetricsWriter, truncate_after
 from jaxmodels.train.progress import Reporter, cpu_advice, plan_line, saved_steps
 from jaxmodels.train.stopflag import StopFlag
 from jaxmodels.train.preflight import check_eval_inputs, check_resume_step, has_eval_line, run_eval_safely
-from jaxmodels.train.step import jit_train_step, make_eval_step, make_mesh, make_train_step, shardings
+from jaxmodels.train.sharding import describe, make_plan
+from jaxmodels.train.step import jit_train_step, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,9 @@ def _host_batch(batch: dict, abstract: dict, split_sharding) -> dict:
         raise ValueError(f"batch entries {missing} are not in task.abstract_batch ({sorted(abstract)})")
     out = {k: np.asarray(v, dtype=abstract[k].dtype) for k, v in batch.items()}
     if split_sharding is not None:
-        out = jax.device_put(out, split_sharding)
+        # Each device (of any process) takes its rows of the global batch.
+        out = {k: jax.make_array_from_callback(v.shape, split_sharding, lambda idx, v=v: v[idx])
+               for k, v in out.items()}
     return out
 
 
@@ -107,6 +112,10 @@ def evaluate(task, eval_step, state, cfg, workdir: str, step: int, split_shardin
     if total_w > 0:
         out.update({f"val_{name}": v / total_w for name, v in sums.items()})
     judged = state.ema if state.ema is not None else state.params
+    if jax.process_count() > 1:  # samples come from process 0 alone, on its own devices
+        judged = host_local(judged)
+        if not is_primary():
+            return out
     out.update(task.evaluate(judged, step, workdir) or {})
     return out
 
@@ -124,7 +133,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     stop = StopFlag()
     stop.install()  # before anything slow: an early Ctrl-C sets the flag, never a half-built run
     try:
-        with WorkdirLock(workdir):
+        # Many processes: process 0 holds the lock for all of them (they share the workdir).
+        with WorkdirLock(workdir) if is_primary() else contextlib.nullcontext():
             return _train(cfg, workdir, stop)
     finally:
         stop.uninstall()
@@ -151,11 +161,15 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     print(plan_line(cfg, task.unit, float(task.units_per_example()), max(saved_steps(workdir), default=0),
                     workdir), flush=True)
     setup = make_setup(task, cfg)
-    mesh = make_mesh(cfg.mesh)
-    replicated, split = shardings(mesh)
-    jitted = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, tc, setup.trainable), mesh)
+    plan = make_plan(cfg, setup.abstract_state)  # the mesh and where each array lives on it
+    mesh, replicated, split = plan.mesh, plan.replicated, plan.batch
+    state_sharding = replicated if plan.state is None else plan.state
+    if mesh is not None:
+        print(describe(plan, setup.abstract_state), flush=True)
+    jitted = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, tc, setup.trainable), mesh,
+                            plan.state)
     abstract_batch = task.abstract_batch(batch_size)
-    abstract_state = abstract_with_sharding(setup.abstract_state, replicated)
+    abstract_state = abstract_with_sharding(setup.abstract_state, state_sharding)
 
     step_fn = jitted
     if cfg.memory.check:
@@ -173,8 +187,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     signature = model_signature(setup.abstract_params)
     state_sig = state_signature(setup.abstract_state, setup.trainable)
     meta = {"config": config_to_json(cfg), "signature": signature, "state_signature": state_sig}
-    ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable, writer=True)
-    base_state = lambda: fresh_state(task, cfg, setup, replicated)  # noqa: E731
+    ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable, writer=is_primary())
+    base_state = lambda: fresh_state(task, cfg, setup, state_sharding)  # noqa: E731
     try:
         found = ckpt.restore(abstract_state, data_iter,
                              check_meta=lambda m: check_compatible(m, cfg, signature, workdir, state_sig),
@@ -188,14 +202,16 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
         step, state, _ = found
         print(f"resumed from {ckpt.manager.directory} at step {step}", flush=True)
     else:
-        step, state = 0, fresh_state(task, cfg, setup, replicated)
+        step, state = 0, fresh_state(task, cfg, setup, state_sharding)
     if _stopped_early(stop, f"before step {step + 1}"):
         ckpt.close()
         return {}
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    truncate_after(metrics_path, step)
+    primary = is_primary()
+    if primary:
+        truncate_after(metrics_path, step)
 
-    eval_step = make_eval_step(task, mesh)
+    eval_step = make_eval_step(task, mesh, plan.params)
     units_per_batch = batch_size * float(task.units_per_example())
     flops_per_example = float(task.flops_per_example())
     n_devices = 1 if mesh is None else mesh.size
@@ -203,16 +219,17 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     if flops_per_example > 0:
         dtype = str(cfg.model.get("dtype", "float32")) if "model" in cfg else "float32"
         peak = flops_lib.peak_flops(dtype=dtype)
-    writer = MetricsWriter(workdir, bool(tc.tensorboard))
+    writer = MetricsWriter(workdir, bool(tc.tensorboard)) if primary else NullWriter()
     if found is not None and (_is_every(step, int(tc.eval_every)) or step == total_steps) \
             and not has_eval_line(metrics_path, step):
         # Killed between this step's save and its eval (saves come first): redo the eval.
         run_eval_safely(lambda: evaluate(task, eval_step, state, cfg, workdir, step, split), writer, step, tc)
     bar = None
-    if tc.progress:
+    if tc.progress and primary:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
-    report = Reporter(cfg, task.unit, units_per_batch, bar)
+    report = Reporter(cfg, task.unit, units_per_batch, bar,
+                      stream=None if primary else open(os.devnull, "w"))  # noqa: SIM115
 
     pending: list = []
     last: dict = {}

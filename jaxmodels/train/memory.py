@@ -25,7 +25,12 @@ class MemoryBudgetError(ConfigError):
 
 
 def tree_bytes(tree: PyTree) -> int:
-    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+    """Bytes of the leaves; of one device's shard for leaves that carry a sharding."""
+    def one(x):
+        sharding = getattr(x, "sharding", None)
+        shape = sharding.shard_shape(tuple(x.shape)) if sharding is not None else x.shape
+        return int(np.prod(shape)) * np.dtype(x.dtype).itemsize
+    return int(sum(one(x) for x in jax.tree.leaves(tree)))
 
 
 @dataclasses.dataclass
@@ -40,6 +45,7 @@ class MemoryReport:
     outputs: int       # outputs not aliased to (donated) inputs
     total: int
     budget: int
+    devices: int = 1   # on a mesh every number is one device's share
 
     @property
     def fits(self) -> bool:
@@ -49,7 +55,8 @@ class MemoryReport:
         rows = [("params", self.params), ("optimizer state", self.optimizer), ("ema params", self.ema),
                 ("batch", self.batch), ("activations + temp", self.temp),
                 ("outputs (not donated)", self.outputs)]
-        lines = [f"memory estimate (compiled for {self.backend}: {self.device_kind})"]
+        per = f", per device of {self.devices}" if self.devices > 1 else ""
+        lines = [f"memory estimate (compiled for {self.backend}: {self.device_kind}{per})"]
         lines += [f"  {name:<24}{size / MiB:>12.1f} MiB" for name, size in rows if size]
         lines.append(f"  {'total':<24}{self.total / MiB:>12.1f} MiB  "
                      f"({self.total / GiB:.2f} of {self.budget / GiB:.2f} GiB budget"
@@ -73,8 +80,14 @@ def analyze(jitted_step: Callable, abstract_state, abstract_batch, budget_gb: fl
         backend=device.platform, device_kind=device.device_kind,
         params=tree_bytes(abstract_state.params), optimizer=tree_bytes(abstract_state.opt_state),
         ema=ema, batch=tree_bytes(abstract_batch), temp=temp, outputs=outputs,
-        total=args + outputs + temp, budget=int(float(budget_gb) * GiB))
+        total=args + outputs + temp, budget=int(float(budget_gb) * GiB), devices=_devices_of(abstract_state))
     return report, compiled
+
+
+def _devices_of(abstract_state) -> int:
+    """How many devices the state is laid out on (1 without a mesh)."""
+    shardings = [getattr(x, "sharding", None) for x in jax.tree.leaves(abstract_state)]
+    return max([len(s.device_set) for s in shardings if s is not None] or [1])
 
 
 LENGTH_KEYS = ("seq_len", "block_size", "max_len", "context_len", "image_size", "resolution")
@@ -146,16 +159,16 @@ def estimate(cfg: ml_collections.ConfigDict, task=None) -> MemoryReport:
     """Builds the task and compiles its train step on abstract shapes; returns the report."""
     from jaxmodels.tasks import build_task
     from jaxmodels.train.build import make_setup
-    from jaxmodels.train.step import jit_train_step, make_mesh, make_train_step, shardings
+    from jaxmodels.train.step import jit_train_step, make_train_step
     from jaxmodels.train.checkpoint import abstract_with_sharding
+    from jaxmodels.train.sharding import make_plan
 
     task = task or build_task(cfg)
     setup = make_setup(task, cfg)
-    mesh = make_mesh(cfg.mesh)
-    replicated, split = shardings(mesh)
+    plan = make_plan(cfg, setup.abstract_state)  # on a mesh: every number is per device
     step = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train,
-                                          setup.trainable), mesh)
-    state = abstract_with_sharding(setup.abstract_state, replicated)
-    batch = abstract_with_sharding(task.abstract_batch(int(cfg.train.batch_size)), split)
+                                          setup.trainable), plan.mesh, plan.state)
+    state = abstract_with_sharding(setup.abstract_state, plan.replicated if plan.state is None else plan.state)
+    batch = abstract_with_sharding(task.abstract_batch(int(cfg.train.batch_size)), plan.batch)
     report, _ = analyze(step, state, batch, cfg.memory.budget_gb)
     return report

@@ -8,7 +8,6 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -19,21 +18,17 @@ PyTree = Any
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict) -> Optional[Mesh]:
-    """A 1-D ("data",) mesh over mesh.data devices (-1: all); None on a single device."""
-    n_all = jax.device_count()
-    n = n_all if int(mesh_cfg.data) == -1 else int(mesh_cfg.data)
-    if n < 1 or n > n_all:
-        raise ConfigError(f"mesh.data={mesh_cfg.data} but {n_all} device(s) exist; use -1 for all")
-    if n == 1:
-        return None
-    return Mesh(np.asarray(jax.devices()[:n]), ("data",))
+    """The ("data", "fsdp", "tensor") mesh of mesh.py; None on a single device."""
+    from jaxmodels.train.mesh import make_mesh as build
+    return build(mesh_cfg)
 
 
 def shardings(mesh: Optional[Mesh]):
-    """(replicated, batch-split) shardings for a data-parallel mesh; (None, None) without one."""
+    """(replicated, batch-split over data x fsdp) shardings; (None, None) without a mesh."""
     if mesh is None:
         return None, None
-    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    from jaxmodels.train.mesh import batch_sharding
+    return NamedSharding(mesh, P()), batch_sharding(mesh)
 
 
 def _global_norm(tree) -> jax.Array:
@@ -171,16 +166,19 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
     return train_step
 
 
-def jit_train_step(train_step: Callable, mesh: Optional[Mesh] = None) -> Callable:
-    """jax.jit with the state donated; on a mesh, state replicated and the batch split on "data"."""
+def jit_train_step(train_step: Callable, mesh: Optional[Mesh] = None, state_sharding=None) -> Callable:
+    """jax.jit with the state donated; on a mesh, the batch split over data x fsdp and the
+    state placed by state_sharding (sharding.make_plan; default replicated). The outputs are
+    pinned to the same shardings, so no step re-shards the state."""
     if mesh is None:
         return jax.jit(train_step, donate_argnums=0)
     replicated, split = shardings(mesh)
-    return jax.jit(train_step, donate_argnums=0, in_shardings=(replicated, split),
-                   out_shardings=(replicated, replicated))
+    state = replicated if state_sharding is None else state_sharding
+    return jax.jit(train_step, donate_argnums=0, in_shardings=(state, split),
+                   out_shardings=(state, replicated))
 
 
-def make_eval_step(task, mesh: Optional[Mesh] = None) -> Callable:
+def make_eval_step(task, mesh: Optional[Mesh] = None, params_sharding=None) -> Callable:
     """Jitted `eval_step(params, batch) -> (loss, aux)` with train=False and a fixed rng."""
     def eval_step(params, batch):
         loss, aux = task.loss(params, batch, jax.random.PRNGKey(0), train=False)
@@ -188,4 +186,5 @@ def make_eval_step(task, mesh: Optional[Mesh] = None) -> Callable:
     if mesh is None:
         return jax.jit(eval_step)
     replicated, split = shardings(mesh)
-    return jax.jit(eval_step, in_shardings=(replicated, split), out_shardings=replicated)
+    params = replicated if params_sharding is None else params_sharding
+    return jax.jit(eval_step, in_shardings=(params, split), out_shardings=replicated)
