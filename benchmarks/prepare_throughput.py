@@ -10,7 +10,8 @@
 2. Alternates A B A B: `python -m launch.prepare corpus.jsonl --tokenizer gpt2 --format nanogpt
    --workers W` and benchmarks/peer_nanogpt_prepare.py (datasets .map with num_proc=W).
    Wall time of the whole command (process start to exit) and peak RSS summed over the
-   process tree (sampled from /proc every 0.1 s). Checks both wrote the same number of tokens.
+   process tree (sampled from /proc every 0.1 s). Checks both wrote the same number of tokens,
+   and that launch.prepare's gpt2 tokenizer (tiktoken here) gives the `tokenizers` backend's ids.
 3. launch.prepare's peak RSS at --mb and at --rss_gb GB (the corpus concatenated with itself)
    to show memory does not grow with the input.
 Writes benchmarks/results/prepare_throughput.{json,md}.
@@ -78,6 +79,24 @@ def build_vocab(corpus: str, folder: str) -> None:
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump(vocab, f, ensure_ascii=False)
     os.remove(sample)
+
+
+def same_ids(corpus: str, vocab: str, mb: float = 5.0) -> dict:
+    """launch.prepare's gpt2 tokenizer (tiktoken when it can) vs the `tokenizers` backend, id
+    for id, on the corpus's first `mb` MB."""
+    sys.path.insert(0, ROOT)
+    from jaxmodels.data.tokenizers import gpt2_tokenizer
+    fast, ref = gpt2_tokenizer(vocab), gpt2_tokenizer(vocab, "tokenizers")
+    texts, n = [], 0
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            n += len(line)
+            if n > mb * 2 ** 20:
+                break
+    a, b = fast.encode_batch(texts), ref.encode_batch(texts)
+    return {"backend": type(fast).__name__, "documents": len(texts), "mb": n / 2 ** 20,
+            "tokens": sum(map(len, b)), "equal": a == b}
 
 
 def tree_rss(pid: int) -> int:
@@ -170,6 +189,8 @@ def main():
     vocab = os.path.join(a.work, "vocab16k")
     build_corpus(corpus, a.mb)
     build_vocab(corpus, vocab)
+    check = same_ids(corpus, vocab)
+    print(json.dumps(check), flush=True)
     load_before = os.getloadavg()
     rows = {"launch.prepare": [], "nanoGPT recipe": []}
     for _ in range(a.repeats):
@@ -194,6 +215,7 @@ def main():
         "load_before": load_before, "load_after": os.getloadavg(), "runs": rows, "rss_big_input": big,
         "median_tokens_per_s": {k: statistics.median(r["tokens"] / r["seconds"] for r in v) for k, v in rows.items()},
         "same_token_count": len({r["tokens"] for v in rows.values() for r in v}) == 1,
+        "ids_vs_tokenizers_backend": check,
     }
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "prepare_throughput.json"), "w") as f:
@@ -201,7 +223,9 @@ def main():
     med = summary["median_tokens_per_s"]
     lines = [f"input {summary['input_mb']:.0f} MB JSONL, {a.workers} worker processes each, {cpu} ({os.cpu_count()} cores), "
              f"load average {load_before[0]:.1f} before / {summary['load_after'][0]:.1f} after; "
-             f"same token count both sides: {summary['same_token_count']}", "",
+             f"same token count both sides: {summary['same_token_count']}; launch.prepare's gpt2 tokenizer ran on "
+             f"{check['backend']}, ids equal to the `tokenizers` backend's on the first {check['mb']:.1f} MB "
+             f"({check['tokens']:,} tokens): {check['equal']}", "",
              "| command | runs (s) | median tokens/s | peak RSS (MB, process tree) |", "|---|---|---|---|"]
     for k, v in rows.items():
         times = ", ".join(f"{r['seconds']:.1f}" for r in v)
