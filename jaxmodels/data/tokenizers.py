@@ -228,7 +228,7 @@ class TiktokenTokenizer:
         made, last = set(), -1
         for a, b in merges:  # merge results: new tokens, ids growing in merge order
             i = vocab.get(a + b)
-            if i is None or i <= last or a + b in made:
+            if i is None or i <= last or a + b in made or any(c not in to_byte for c in a + b):
                 return None
             made.add(a + b)
             last = i
