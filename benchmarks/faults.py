@@ -321,7 +321,8 @@ def write(results: dict, n_total: int, seed: int, tags: list[str] | None = None)
     md = table(results)
     m = results["machine"]
     how = (f"`PYTHONPATH=. python -m benchmarks.faults --kills {n_total} --seed {seed}`" if not tags else
-           "three processes side by side, `PYTHONPATH=. python -m benchmarks.faults --runs X --kills 17 --tag X` "
+           f"processes side by side, `PYTHONPATH=. python -m benchmarks.faults --runs X --kills "
+           f"{'/'.join(sorted({str(p['kills']) for p in results['parts']}))} --tag X` "
            f"for X in {', '.join(tags)}, then `python -m benchmarks.faults --merge {','.join(tags)}`")
     md += (f"\n\n{m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']}, {m['date_utc']}, "
            f"{results['minutes']} min. {how}\n")
