@@ -73,7 +73,7 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": REPO_ROOT}
 
 
-def run(cmd: list[str], timeout: float = 900, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: float = 3600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO_ROOT, env={**env(), **(extra_env or {})}, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -137,8 +137,9 @@ def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: fl
                 if reached is None:
                     durations.append(time.time() - t0)
             except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
+                proc.kill()  # (no signal if it has already ended: then it is a finished run)
                 text, _ = proc.communicate()
+                finished = proc.returncode != -signal.SIGKILL
                 before = logged(workdir)  # what the killed run had logged, all of it
             if reached is not None and ("resumed from" in text or finished):
                 # The first run after kill(s) that got as far as choosing its resume point:
@@ -320,7 +321,8 @@ def write(results: dict, n_total: int, seed: int, tags: list[str] | None = None)
     md = table(results)
     m = results["machine"]
     how = (f"`PYTHONPATH=. python -m benchmarks.faults --kills {n_total} --seed {seed}`" if not tags else
-           "three processes side by side, `PYTHONPATH=. python -m benchmarks.faults --runs X --kills 17 --tag X` "
+           f"processes side by side, `PYTHONPATH=. python -m benchmarks.faults --runs X --kills "
+           f"{'/'.join(sorted({str(p['kills']) for p in results['parts']}))} --tag X` "
            f"for X in {', '.join(tags)}, then `python -m benchmarks.faults --merge {','.join(tags)}`")
     md += (f"\n\n{m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']}, {m['date_utc']}, "
            f"{results['minutes']} min. {how}\n")

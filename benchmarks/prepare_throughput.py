@@ -10,7 +10,8 @@
 2. Alternates A B A B: `python -m launch.prepare corpus.jsonl --tokenizer gpt2 --format nanogpt
    --workers W` and benchmarks/peer_nanogpt_prepare.py (datasets .map with num_proc=W).
    Wall time of the whole command (process start to exit) and peak RSS summed over the
-   process tree (sampled from /proc every 0.1 s). Checks both wrote the same number of tokens.
+   process tree (sampled from /proc every 0.1 s). Checks both wrote the same number of tokens,
+   and that launch.prepare's gpt2 tokenizer (tiktoken here) gives the `tokenizers` backend's ids.
 3. launch.prepare's peak RSS at --mb and at --rss_gb GB (the corpus concatenated with itself)
    to show memory does not grow with the input.
 Writes benchmarks/results/prepare_throughput.{json,md}.
@@ -80,6 +81,24 @@ def build_vocab(corpus: str, folder: str) -> None:
     os.remove(sample)
 
 
+def same_ids(corpus: str, vocab: str, mb: float = 5.0) -> dict:
+    """launch.prepare's gpt2 tokenizer (tiktoken when it can) vs the `tokenizers` backend, id
+    for id, on the corpus's first `mb` MB."""
+    sys.path.insert(0, ROOT)
+    from jaxmodels.data.tokenizers import gpt2_tokenizer
+    fast, ref = gpt2_tokenizer(vocab), gpt2_tokenizer(vocab, "tokenizers")
+    texts, n = [], 0
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            texts.append(json.loads(line)["text"])
+            n += len(line)
+            if n > mb * 2 ** 20:
+                break
+    a, b = fast.encode_batch(texts), ref.encode_batch(texts)
+    return {"backend": type(fast).__name__, "documents": len(texts), "mb": n / 2 ** 20,
+            "tokens": sum(map(len, b)), "equal": a == b}
+
+
 def tree_rss(pid: int) -> int:
     """Resident bytes of pid and all its descendants."""
     children = {}
@@ -116,11 +135,11 @@ def run(cmd: list, env=None) -> dict:
     return {"seconds": time.time() - t0, "peak_rss_mb": peak / 2 ** 20, "stdout": out.strip().splitlines()[-1]}
 
 
-def ours(corpus: str, vocab: str, out: str, workers: int) -> dict:
+def ours(corpus: str, vocab: str, out: str, workers: int, tokenizer: str = "gpt2") -> dict:
     subprocess.run(["rm", "-rf", out])
     env = dict(os.environ, PYTHONPATH=ROOT)
-    r = run([sys.executable, "-m", "launch.prepare", corpus, "--out", out, "--tokenizer", "gpt2",
-             "--vocab_path", vocab, "--format", "nanogpt", "--workers", str(workers), "--no_progress",
+    r = run([sys.executable, "-m", "launch.prepare", corpus, "--out", out, "--tokenizer", tokenizer,
+             "--vocab_path", vocab if tokenizer == "gpt2" else "", "--format", "nanogpt", "--workers", str(workers), "--no_progress",
              "--shard_tokens", "100000000"], env)
     with open(os.path.join(out, "manifest.json")) as f:
         r["tokens"] = json.load(f)["num_tokens"]
@@ -140,36 +159,58 @@ def rss_only(a) -> None:
     os.makedirs(a.work, exist_ok=True)
     vocab = os.path.join(a.work, "vocab16k")
     out = []
-    for mb in [int(x) for x in a.rss_only.split(",")]:
+    sizes = [int(x) for x in a.rss_only.split(",")]
+    base = os.path.join(a.work, f"corpus_{min(sizes)}mb.jsonl")
+    build_corpus(base, min(sizes))
+    for mb in sizes:
         corpus = os.path.join(a.work, f"corpus_{mb}mb.jsonl")
-        build_corpus(corpus, mb)
-        build_vocab(corpus, vocab)
-        r = ours(corpus, vocab, os.path.join(a.work, f"ours_{mb}"), a.workers)
-        r.update(input_mb=os.path.getsize(corpus) / 2 ** 20, load=os.getloadavg())
+        repeated(base, corpus, mb / 1024)  # larger inputs: the smallest one, repeated
+        if a.rss_tokenizer == "gpt2":
+            build_vocab(base, vocab)
+        r = ours(corpus, vocab, os.path.join(a.work, f"ours_{mb}"), a.workers, a.rss_tokenizer)
+        subprocess.run(["rm", "-rf", os.path.join(a.work, f"ours_{mb}")])
+        r.update(input_mb=os.path.getsize(corpus) / 2 ** 20, load=os.getloadavg(), tokenizer=a.rss_tokenizer)
         out.append(r)
         print(json.dumps(r), flush=True)
-    with open(os.path.join(RESULTS, "prepare_rss.json"), "w") as f:
+    with open(os.path.join(RESULTS, f"prepare_rss_{a.rss_tokenizer}.json"), "w") as f:
         json.dump(out, f, indent=1)
+
+
+def repeated(corpus: str, path: str, gb: float) -> None:
+    """`corpus` concatenated with itself to at least `gb` GiB (nothing to do if that exists)."""
+    if os.path.isfile(path):
+        return
+    with open(path + ".tmp", "wb") as out:
+        while out.tell() < gb * 2 ** 30:
+            with open(corpus, "rb") as f:
+                out.write(f.read())
+    os.replace(path + ".tmp", path)
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--peer_python", required=True)
+    p.add_argument("--peer_python", default="")
     p.add_argument("--work", default="/tmp/jaxmodels_prepare_bench")
     p.add_argument("--mb", type=int, default=100)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rss_gb", type=float, default=1.0, help="0: skip the large-input RSS run")
-    p.add_argument("--rss_only", default="", help="e.g. 5,100: only launch.prepare's peak RSS at these MB "
-                                                  "(-> results/prepare_rss.json)")
+    p.add_argument("--rss_only", default="", help="e.g. 100,1024: only launch.prepare's peak RSS at these MB "
+                                                  "(-> results/prepare_rss_<tokenizer>.json; larger sizes repeat the smallest corpus)")
+    p.add_argument("--rss_tokenizer", default="gpt2", help="--rss_only: gpt2 (the 16k vocab) or byte (no BPE: "
+                                                           "the pipeline's own memory, ~10x faster)")
     a = p.parse_args()
     if a.rss_only:
         return rss_only(a)
+    if not a.peer_python:
+        p.error("--peer_python is required (a Python with tiktoken + datasets) unless --rss_only")
     os.makedirs(a.work, exist_ok=True)
     corpus = os.path.join(a.work, f"corpus_{a.mb}mb.jsonl")
     vocab = os.path.join(a.work, "vocab16k")
     build_corpus(corpus, a.mb)
     build_vocab(corpus, vocab)
+    check = same_ids(corpus, vocab)
+    print(json.dumps(check), flush=True)
     load_before = os.getloadavg()
     rows = {"launch.prepare": [], "nanoGPT recipe": []}
     for _ in range(a.repeats):
@@ -179,12 +220,7 @@ def main():
     big = None
     if a.rss_gb:
         big_corpus = os.path.join(a.work, f"corpus_{a.rss_gb:g}gb.jsonl")
-        if not os.path.isfile(big_corpus):
-            with open(big_corpus + ".tmp", "wb") as out:
-                while out.tell() < a.rss_gb * 2 ** 30:
-                    with open(corpus, "rb") as f:
-                        out.write(f.read())
-            os.replace(big_corpus + ".tmp", big_corpus)
+        repeated(corpus, big_corpus, a.rss_gb)
         big = ours(big_corpus, vocab, os.path.join(a.work, "ours_big"), a.workers)
         big["input_mb"] = os.path.getsize(big_corpus) / 2 ** 20
         subprocess.run(["rm", "-rf", os.path.join(a.work, "ours_big")])
@@ -194,6 +230,7 @@ def main():
         "load_before": load_before, "load_after": os.getloadavg(), "runs": rows, "rss_big_input": big,
         "median_tokens_per_s": {k: statistics.median(r["tokens"] / r["seconds"] for r in v) for k, v in rows.items()},
         "same_token_count": len({r["tokens"] for v in rows.values() for r in v}) == 1,
+        "ids_vs_tokenizers_backend": check,
     }
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "prepare_throughput.json"), "w") as f:
@@ -201,7 +238,9 @@ def main():
     med = summary["median_tokens_per_s"]
     lines = [f"input {summary['input_mb']:.0f} MB JSONL, {a.workers} worker processes each, {cpu} ({os.cpu_count()} cores), "
              f"load average {load_before[0]:.1f} before / {summary['load_after'][0]:.1f} after; "
-             f"same token count both sides: {summary['same_token_count']}", "",
+             f"same token count both sides: {summary['same_token_count']}; launch.prepare's gpt2 tokenizer ran on "
+             f"{check['backend']}, ids equal to the `tokenizers` backend's on the first {check['mb']:.1f} MB "
+             f"({check['tokens']:,} tokens): {check['equal']}", "",
              "| command | runs (s) | median tokens/s | peak RSS (MB, process tree) |", "|---|---|---|---|"]
     for k, v in rows.items():
         times = ", ".join(f"{r['seconds']:.1f}" for r in v)

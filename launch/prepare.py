@@ -4,6 +4,8 @@
     python -m launch.prepare docs.jsonl --text_key text --out data/x --tokenizer hf --vocab_path path/to/model
     python -m launch.prepare --hf_dataset path/to/saved_dataset --out data/x --tokenizer sentencepiece \
         --vocab_path path/to/llama2
+    python -m launch.prepare --tfds my_text --tfds_data_dir ~/tensorflow_datasets --out data/x \
+        --tokenizer tiktoken --vocab_path cl100k_base
     # then: python -m launch.train --config configs/gpt2_124m.py \
     #           --config.data.source=tokens --config.data.path=data/owt
 
@@ -29,11 +31,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output folder (shards + manifest.json)")
     p.add_argument("--tokenizer", default=d.tokenizer, choices=[t for t in TOKENIZERS if t != "char"])
     p.add_argument("--vocab_path", default="", help="gpt2: vocab.json + merges.txt folder; hf: tokenizer.json; "
-                                                    "sentencepiece: tokenizer.model (file or folder)")
+                                                    "sentencepiece: tokenizer.model (file or folder); tiktoken: an encoding "
+                                                    "name (cl100k_base, o200k_base, gpt2)")
     p.add_argument("--hf_dataset", default="", help="a Hugging Face dataset: save_to_disk folder, data folder, "
                                                     "or hub name (online)")
-    p.add_argument("--split", default=d.hf_split, help="--hf_dataset split")
-    p.add_argument("--text_key", default=d.text_key, help="field holding the text (.jsonl, --hf_dataset)")
+    p.add_argument("--tfds", default="", help="a tfds dataset name, prepared for random access (array_record); "
+                                              "never downloads")
+    p.add_argument("--tfds_data_dir", default="", help="--tfds data_dir (default: tfds's)")
+    p.add_argument("--split", default=d.hf_split, help="--hf_dataset / --tfds split")
+    p.add_argument("--text_key", default=d.text_key, help="field holding the text (.jsonl, --hf_dataset, --tfds)")
     p.add_argument("--format", default=d.fmt, choices=["llmc", "nanogpt"])
     p.add_argument("--prefix", default=d.prefix, help="shard name prefix")
     p.add_argument("--shard_tokens", type=int, default=d.shard_tokens)
@@ -44,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--no_progress", action="store_true")
     a = p.parse_args(argv)
     spec = PrepareSpec(inputs=a.inputs, out_dir=a.out, tokenizer=a.tokenizer, vocab_path=a.vocab_path,
-                       hf_dataset=a.hf_dataset, hf_split=a.split, text_key=a.text_key, fmt=a.format,
+                       hf_dataset=a.hf_dataset, hf_split=a.split, tfds=a.tfds, tfds_data_dir=a.tfds_data_dir, text_key=a.text_key, fmt=a.format,
                        prefix=a.prefix, shard_tokens=a.shard_tokens, val_tokens=a.val_tokens,
                        chunk_bytes=a.chunk_bytes, workers=max(1, a.workers), progress=not a.no_progress)
     from jaxmodels.config import ConfigError

@@ -11,6 +11,8 @@ Input documents come from, in order:
   a folder                      its *.txt / *.jsonl files, sorted, recursively
   a Hugging Face dataset        `hf_dataset` (a local folder saved by save_to_disk, a local
                                 data folder, or a hub name when online), field `text_key`
+  a tfds dataset                `tfds` (a name prepared for random access in `tfds_data_dir`,
+                                as array_record; never downloads), field `text_key`
 Each document is followed by the tokenizer's end-of-text id when it has one (nanoGPT).
 
 Pieces are grouped into chunks of ~chunk_bytes; a process pool tokenizes chunks (at most
@@ -46,7 +48,9 @@ class PrepareSpec:
     tokenizer: str = "gpt2"        # a data.tokenizer kind (not "char": it needs the whole corpus)
     vocab_path: str = ""
     hf_dataset: str = ""
-    hf_split: str = "train"
+    hf_split: str = "train"          # the split of hf_dataset or tfds
+    tfds: str = ""
+    tfds_data_dir: str = ""
     text_key: str = "text"
     fmt: str = "llmc"
     prefix: str = "data"
@@ -62,6 +66,9 @@ class PrepareSpec:
         d = asdict(self)
         for k in ("out_dir", "workers", "progress", "extra"):
             d.pop(k)
+        if not self.tfds:  # manifests written before the tfds input existed still match
+            d.pop("tfds")
+            d.pop("tfds_data_dir")
         d["inputs"] = [os.path.abspath(p) for p in self.inputs]
         return d
 
@@ -154,6 +161,18 @@ def _hf_docs(spec: PrepareSpec) -> Iterator[str]:
         yield str(record[spec.text_key])
 
 
+def _tfds_docs(spec: PrepareSpec) -> Iterator[str]:
+    from jaxmodels.data.sources import tfds_source
+    source = tfds_source({"tfds_name": spec.tfds, "tfds_split": spec.hf_split, "tfds_data_dir": spec.tfds_data_dir})
+    for i in range(len(source)):  # random access: one example in memory at a time
+        example = source[i]
+        if spec.text_key not in example:
+            raise ConfigError(f"tfds {spec.tfds!r} examples have no field {spec.text_key!r} (has "
+                              f"{sorted(example)}): set --text_key")
+        text = example[spec.text_key]
+        yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+
+
 def pieces(spec: PrepareSpec) -> Iterator[tuple[str, bool]]:
     """Every (text, ends_document) piece of the input, in a fixed order."""
     for path in input_files(spec.inputs):
@@ -164,6 +183,9 @@ def pieces(spec: PrepareSpec) -> Iterator[tuple[str, bool]]:
             yield from _text_pieces(path, spec.chunk_bytes)
     if spec.hf_dataset:
         for doc in _hf_docs(spec):
+            yield from _split_document(doc, spec.chunk_bytes)
+    if spec.tfds:
+        for doc in _tfds_docs(spec):
             yield from _split_document(doc, spec.chunk_bytes)
 
 
@@ -181,7 +203,7 @@ def chunks(spec: PrepareSpec) -> Iterator[tuple[list, int]]:
 
 
 def total_bytes(spec: PrepareSpec) -> Optional[int]:
-    if spec.hf_dataset:
+    if spec.hf_dataset or spec.tfds:
         return None
     return sum(os.path.getsize(p) for p in input_files(spec.inputs))
 
@@ -247,8 +269,8 @@ def prepare(spec: PrepareSpec) -> dict:
     if spec.tokenizer == "char":
         raise ConfigError("launch.prepare cannot use the char tokenizer (its vocab is the whole corpus's "
                           "characters); use byte, gpt2, hf or sentencepiece")
-    if not spec.inputs and not spec.hf_dataset:
-        raise ConfigError("nothing to prepare: give input files/folders or --hf_dataset")
+    if not spec.inputs and not spec.hf_dataset and not spec.tfds:
+        raise ConfigError("nothing to prepare: give input files/folders, --hf_dataset or --tfds")
     os.makedirs(spec.out_dir, exist_ok=True)
     m = _load_manifest(spec)
     if m["complete"]:

@@ -100,7 +100,8 @@ def embedded_paths(max_bytes: int) -> list[str]:
     return _capped([os.path.join(stdlib, f) for f in names], max_bytes)
 
 
-def _tfds_source(data_cfg: Any):
+def tfds_source(data_cfg: Any):
+    """tfds.data_source of data.tfds_name / tfds_split / tfds_data_dir (random access, no download)."""
     import tensorflow_datasets as tfds
 
     name = _get(data_cfg, "tfds_name", "")
@@ -121,7 +122,7 @@ def _tfds_source(data_cfg: Any):
 
 
 def _tfds_documents(data_cfg: Any) -> list[str]:
-    source = _tfds_source(data_cfg)
+    source = tfds_source(data_cfg)
     key = _get(data_cfg, "tfds_text_key", "text")
     max_bytes = _get(data_cfg, "max_bytes", 0)
     docs, total = [], 0
@@ -168,7 +169,7 @@ def corpus_fingerprint(data_cfg: Any) -> str:
             parts.append(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}")
         return "\n".join(parts)
     if source == "tfds":
-        src = _tfds_source(data_cfg)  # fails fast if not prepared
+        src = tfds_source(data_cfg)  # fails fast if not prepared
         return "|".join(str(x) for x in ("tfds", _get(data_cfg, "tfds_name"), _get(data_cfg, "tfds_split"),
                                          _get(data_cfg, "tfds_data_dir"), _get(data_cfg, "tfds_text_key"),
                                          max_bytes, len(src)))

@@ -187,7 +187,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     signature = model_signature(setup.abstract_params)
     state_sig = state_signature(setup.abstract_state, setup.trainable)
     meta = {"config": config_to_json(cfg), "signature": signature, "state_signature": state_sig}
-    ckpt = Checkpointer(workdir, int(tc.max_to_keep), trainable=setup.trainable, writer=is_primary())
+    ckpt = Checkpointer(workdir, int(tc.max_to_keep), async_save=bool(tc.get("async_checkpoint", True)),
+                        trainable=setup.trainable, writer=is_primary())
     base_state = lambda: fresh_state(task, cfg, setup, state_sharding)  # noqa: E731
     try:
         found = ckpt.restore(abstract_state, data_iter,
@@ -280,6 +281,11 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
                 raise _vetted(e, guard, ckpt, abstract_state, base_state, task, eval_step, cfg, split) from None
             now = time.perf_counter()
             rate = steps_since_mark / (now - t_mark) if steps_since_mark else 0.0
+            if do_ckpt:
+                # The previous async save must be on disk before this step is logged (its own
+                # save would wait for it anyway): a kill then never redoes more than
+                # 2 * checkpoint_every - 1 logged steps.
+                ckpt.wait()
             if do_log:
                 m = {k: float(v) for k, v in fetched[-1][1].items()}
                 if rate:

@@ -163,3 +163,67 @@ def test_sentencepiece_special_ids_and_missing_file(tmp_path):
     assert tok.token_id("</s>") == 2 and tok.token_id("no-such-piece") is None
     with pytest.raises(FileNotFoundError, match="tokenizer.model.*vocab_path"):
         build_tokenizer({"tokenizer": "sentencepiece", "vocab_path": str(tmp_path)})
+
+
+def test_gpt2_on_tiktoken_gives_the_tokenizers_ids():
+    """The gpt2 kind runs on tiktoken when it can (about 8x faster): same ids, decode, specials."""
+    pytest.importorskip("tiktoken")
+    from jaxmodels.data.tokenizers import TiktokenTokenizer, gpt2_tokenizer
+    folder = os.path.join(FIXTURES, "gpt2")
+    fast, ref = build_tokenizer({"tokenizer": "gpt2", "vocab_path": folder}), gpt2_tokenizer(folder, "tokenizers")
+    assert isinstance(fast, TiktokenTokenizer) and not isinstance(ref, TiktokenTokenizer)
+    with open(REFERENCE, encoding="utf-8") as f:
+        texts = json.load(f)["texts"] + TRICKY + ["a<|endoftext|>b <|endoftext|>\n<|endoftext"]
+    assert [fast.encode(t) for t in texts] == [ref.encode(t) for t in texts]
+    assert fast.encode("a<|endoftext|>b")[1] == fast.eot == ref.eot  # spelled specials are specials
+    assert fast.encode_batch(texts) == ref.encode_batch(texts)
+    assert [fast.decode(fast.encode(t)) for t in texts] == [ref.decode(ref.encode(t)) for t in texts]
+    assert (fast.vocab_size, fast.pad, fast.bos, fast.folder) == (ref.vocab_size, ref.pad, ref.bos, ref.folder)
+    assert fast.token_id("<|endoftext|>") == ref.token_id("<|endoftext|>") and fast.token_id("nope!") is None
+
+
+def test_gpt2_files_tiktoken_cannot_match_fall_back_to_tokenizers(tmp_path):
+    """Files on which tiktoken's rank order would give other ids: the tokenizers backend."""
+    pytest.importorskip("tiktoken")
+    import shutil
+    from jaxmodels.data.tokenizers import HFTokenizer, TiktokenTokenizer, gpt2_tokenizer
+    # 1. The hand-made merges above: "12" merges before "Ġ1", so " 12" is "Ġ" "12" by merges,
+    # but tiktoken would emit the token "Ġ12" (made by "Ġ1" + "2") for it.
+    vocab = write_bpe_fixture(str(tmp_path))
+    tok = gpt2_tokenizer(str(tmp_path))
+    assert isinstance(tok, HFTokenizer) and tok.encode(" 12") == [vocab["Ġ"], vocab["12"]]
+    with pytest.raises(ValueError, match="cannot run on tiktoken with the same ids"):
+        gpt2_tokenizer(str(tmp_path), "tiktoken")
+    # 2. The transformers-checked fixture, plus a token no merge makes ("Ġ" + a byte).
+    folder = tmp_path / "extra"
+    shutil.copytree(os.path.join(FIXTURES, "gpt2"), folder)
+    assert isinstance(gpt2_tokenizer(str(folder)), TiktokenTokenizer)
+    with open(folder / "vocab.json", encoding="utf-8") as f:
+        vocab = json.load(f)
+    assert "Ġ~" not in vocab
+    vocab["Ġ~"] = len(vocab)
+    with open(folder / "vocab.json", "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    tok = gpt2_tokenizer(str(folder))
+    assert isinstance(tok, HFTokenizer) and tok.encode(" ~") == [vocab["Ġ"], vocab["~"]]
+
+
+def test_tiktoken_named_encodings(monkeypatch):
+    tiktoken = pytest.importorskip("tiktoken")
+    from jaxmodels.data.sources import DataNotFoundError
+    from jaxmodels.data.tokenizers import gpt2_tokenizer
+    with pytest.raises(ConfigError, match="unknown tiktoken encoding 'gpt5'.*cl100k_base"):
+        build_tokenizer({"tokenizer": "tiktoken", "vocab_path": "gpt5"})
+
+    def offline(name):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(DataNotFoundError, match="'cl100k_base' encoding.*TIKTOKEN_CACHE_DIR"):
+        build_tokenizer({"tokenizer": "tiktoken", "vocab_path": "cl100k_base"})
+    # A loaded encoding (here the fixture's, standing in for the cached file): its EOT is eot.
+    local = gpt2_tokenizer(os.path.join(FIXTURES, "gpt2"), "tiktoken").enc
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: local)
+    tok = build_tokenizer({"tokenizer": "tiktoken", "vocab_path": "cl100k_base"})
+    assert tok.vocab_size == local.n_vocab and tok.eot == tok.pad == local.eot_token and tok.bos is None
+    assert tok.decode(tok.encode("Hello world!! <|endoftext|>")) == "Hello world!! <|endoftext|>"
+    assert tok.token_id("<|endoftext|>") == local.eot_token and tok.token_id("<|im_end|>") is None

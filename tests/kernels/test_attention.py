@@ -16,7 +16,8 @@ CASES = [
     (2, 37, 4, 2, 16, True, None, 0.0, jnp.float32),    # GQA 2:1, ragged T
     (1, 50, 4, 1, 16, True, 13, 0.0, jnp.float32),      # MQA, window < T
     (1, 40, 2, 2, 16, False, None, 5.0, jnp.float32),   # non-causal, soft-cap
-    (2, 37, 4, 2, 16, True, 9, 3.0, jnp.bfloat16),      # all of it in bf16
+    # all of it in bf16 (-m slow: the default run keeps one bf16 kernel check, cross-entropy's)
+    pytest.param(2, 37, 4, 2, 16, True, 9, 3.0, jnp.bfloat16, marks=pytest.mark.slow),
 ]
 
 

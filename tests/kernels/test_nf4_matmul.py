@@ -11,7 +11,7 @@ from jaxmodels.kernels.nf4_matmul import nf4_matmul_pallas, nf4_matmul_xla
 from jaxmodels.layers import quant
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])  # bf16: -m slow
 def test_nf4_matmul_matches_reference(dtype):
     shape = (80, 192)
     k = jax.random.split(jax.random.key(0), 3)

@@ -19,7 +19,7 @@ def grads_of(f, x, w, b, sh, sc, g, **kw):
 
 @pytest.mark.parametrize("kind,modulate,dtype", [
     ("layer", False, jnp.float32), ("rms", False, jnp.float32), ("layer", True, jnp.float32),
-    ("rms", True, jnp.bfloat16)])
+    pytest.param("rms", True, jnp.bfloat16, marks=pytest.mark.slow)])  # bf16: -m slow
 def test_fused_norm_matches_reference(kind, modulate, dtype):
     keys = jax.random.split(jax.random.key(3), 6)
     B, T, C = 2, 13, 24

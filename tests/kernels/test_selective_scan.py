@@ -10,7 +10,7 @@ import pytest
 from jaxmodels.kernels.selective_scan import selective_scan_pallas, selective_scan_xla
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])  # bf16: -m slow
 def test_selective_scan_matches_reference(dtype):
     Bsz, T, E, N = 2, 13, 8, 4
     k = jax.random.split(jax.random.key(0), 8)
