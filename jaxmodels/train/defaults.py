@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
     # cross_entropy also "dense" (full logits). auto: the XLA form unless Pallas is faster here.
     c.kernels = ml_collections.ConfigDict(dict(
         attention="auto", cross_entropy="auto", norm="auto", selective_scan="auto", rwkv7="auto",
-        nf4_matmul="auto"))
+        nf4_matmul="auto", matmul="auto"))
     c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: all devices on the data axis
     c.init_from = ""            # pretrained checkpoint: a launch.convert output or HF folder
     return c
