@@ -83,3 +83,40 @@ def test_dot_saving_remat_policies_keep_the_bf16_output(operands, policy, dots):
     jaxpr = str(jax.make_jaxpr(jax.grad(f, (0, 1)))(x, w))
     assert jaxpr.count("dot_general[") == dots
     assert f"name={BF16_DOT_NAME}" in jaxpr
+
+
+def test_tiny_gpt_learns_the_same_with_bf16_matmuls():
+    """Memorising one batch: the bf16-matmul run's loss curve follows the f32 run's."""
+    import optax
+
+    from jaxmodels.models import build_model
+
+    model = build_model(dict(name="gpt", vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=64,
+                             remat="dots_with_no_batch_dims_saveable"))
+    tokens = jax.random.randint(jax.random.key(1), (8, 33), 0, 64, dtype=jnp.int32)
+    params0 = model.init(jax.random.key(0), tokens[:, :-1])["params"]
+    opt = optax.adam(3e-3)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, tokens[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    def train(mode):
+        dispatch.configure({"matmul": mode})
+
+        @jax.jit
+        def step(p, s):
+            loss, g = jax.value_and_grad(loss_fn)(p)
+            u, s = opt.update(g, s)
+            return optax.apply_updates(p, u), s, loss
+
+        p, s, losses = params0, opt.init(params0), []
+        for _ in range(40):
+            p, s, loss = step(p, s)
+            losses.append(float(loss))
+        return np.array(losses)
+
+    f32_losses, bf16_losses = train("xla"), train("bf16")
+    assert f32_losses[-1] < 0.5 * f32_losses[0]  # it did learn
+    np.testing.assert_allclose(bf16_losses, f32_losses, rtol=0.05, atol=0.02)
+    assert not np.array_equal(bf16_losses, f32_losses)  # and the bf16 path was taken
