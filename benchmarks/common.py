@@ -24,15 +24,29 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_isa() -> str:
+    """The vector/matrix extensions lscpu lists that decide XLA:CPU's kernels (AVX2, AVX-512, AMX)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Flags:"):
+                flags = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in wanted if f in flags) or "no AVX2"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
 def load_average() -> float:
     """1-minute load average (0 where the OS has none)."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def machine() -> dict:
-    """What a result was measured on: CPU model, core count, jax version, date, load average."""
+    """What a result was measured on: CPU model and vector extensions, core count, jax version, date, load average."""
     import jax
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
+    return {"cpu": cpu_model(), "isa": cpu_isa(), "cores": os.cpu_count(), "jax": jax.__version__,
             "backend": jax.devices()[0].platform,
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_avg_1m": round(load_average(), 2)}

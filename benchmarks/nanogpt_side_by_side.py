@@ -55,11 +55,12 @@ def nanogpt_run(args, extra) -> dict:
             "val_step": max(vals) if vals else None}
 
 
-def ours_baby(args) -> dict:
+def ours_baby(args, overrides=()) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         run([sys.executable, "-m", "launch.train", "--config", "configs/gpt_shakespeare_char.py:baby",
              "--workdir", workdir, f"--config.data.path={os.path.abspath(args.data)}",
-             "--config.train.log_every=10", "--config.train.progress=false"], cwd=ROOT)
+             "--config.train.log_every=10", "--config.train.progress=false",
+             *[f"--config.{o}" for o in overrides]], cwd=ROOT)
         rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     rates = [r["steps_per_s"] for r in rows if r.get("steps_per_s")]
     vals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
@@ -67,11 +68,12 @@ def ours_baby(args) -> dict:
             "val_step": max(vals)}
 
 
-def ours_full(args, steps: int) -> dict:
+def ours_full(args, steps: int, overrides=()) -> dict:
+    overrides = [f"data.path={os.path.abspath(args.data)}", *overrides]
     code = (
         "import json, sys; from jaxmodels.config import load_config; "
         "from jaxmodels.train.bench import benchmark; "
-        f"cfg = load_config('configs/gpt_shakespeare_char.py', ['data.path={os.path.abspath(args.data)}']); "
+        f"cfg = load_config('configs/gpt_shakespeare_char.py', {overrides!r}); "
         f"r = benchmark(cfg, steps={steps}, warmup=2, real_data=True); print('RESULT', json.dumps(r))")
     text = run([sys.executable, "-c", code], cwd=ROOT)
     result = json.loads(text.split("RESULT", 1)[1].strip().splitlines()[0])
@@ -96,21 +98,36 @@ def main() -> int:
     p.add_argument("--full-steps", type=int, default=5)
     p.add_argument("--skip-full", action="store_true")
     p.add_argument("--skip-baby", action="store_true")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time ours with kernels.matmul=bf16 (bf16 matmul operands, f32 accumulation)")
     args = p.parse_args()
-    report = {"baby": {"nanogpt": [], "ours": []}, "full": {"nanogpt": [], "ours": []}}
+    sys.path.insert(0, ROOT)
+    from benchmarks.common import machine
+    report = {"machine": machine(), "baby": {"nanogpt": [], "ours": [], "ours_bf16": []},
+              "full": {"nanogpt": [], "ours": [], "ours_bf16": []}}
+    bf16 = ["kernels.matmul=bf16"]
     for rep in range(args.repeats):
         if not args.skip_baby:
             report["baby"]["nanogpt"].append(nanogpt_run(args, BABY_NANOGPT))
             report["baby"]["ours"].append(ours_baby(args))
-            print(f"[baby {rep}] nanoGPT {report['baby']['nanogpt'][-1]}  ours {report['baby']['ours'][-1]}", flush=True)
+            if args.bf16:
+                report["baby"]["ours_bf16"].append(ours_baby(args, bf16))
+            print(f"[baby {rep}] nanoGPT {report['baby']['nanogpt'][-1]}  ours {report['baby']['ours'][-1]}  "
+                  f"bf16 {report['baby']['ours_bf16'][-1:]}", flush=True)
         if not args.skip_full:
             report["full"]["nanogpt"].append(nanogpt_full(args, args.full_steps))
             report["full"]["ours"].append(ours_full(args, args.full_steps))
-            print(f"[full {rep}] nanoGPT {report['full']['nanogpt'][-1]}  ours {report['full']['ours'][-1]}", flush=True)
+            if args.bf16:
+                report["full"]["ours_bf16"].append(ours_full(args, args.full_steps, bf16))
+            print(f"[full {rep}] nanoGPT {report['full']['nanogpt'][-1]}  ours {report['full']['ours'][-1]}  "
+                  f"bf16 {report['full']['ours_bf16'][-1:]}", flush=True)
 
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
+    m = report["machine"]
+    print(f"\n{m['cpu']} ({m['cores']} cores; {m['isa']}), jax {m['jax']}, {m['date_utc']}, "
+          f"1-min load average {m['load_avg_1m']} at the start")
     print("\n| comparison | nanoGPT | jaxmodels | ratio (ours / nanoGPT) |\n|---|---|---|---|")
     if report["baby"]["ours"]:
         n, o = report["baby"]["nanogpt"], report["baby"]["ours"]
@@ -125,6 +142,16 @@ def main() -> int:
         print(f"| (b) our model FLOP/s vs measured f32 matmul peak | | "
               f"{med(o, 'model_flops_per_s') / 1e9:.0f} / {med(o, 'peak_flops_per_s') / 1e9:.0f} GFLOP/s | "
               f"{med(o, 'model_flops_per_s') / med(o, 'peak_flops_per_s'):.2f} of peak |")
+    if report["baby"]["ours_bf16"]:
+        n, o = report["baby"]["nanogpt"], report["baby"]["ours_bf16"]
+        print(f"| (a) baby, ours with kernels.matmul=bf16, ms/iter | {med(n, 'ms_per_iter'):.1f} | "
+              f"{med(o, 'ms_per_iter'):.1f} | {med(o, 'ms_per_iter') / med(n, 'ms_per_iter'):.2f} |")
+        print(f"| (a) baby, ours with kernels.matmul=bf16, val loss at iter 200 | {med(n, 'val_loss'):.3f} | "
+              f"{med(o, 'val_loss'):.3f} | {med(o, 'val_loss') - med(n, 'val_loss'):+.3f} (difference) |")
+    if report["full"]["ours_bf16"]:
+        n, o = report["full"]["nanogpt"], report["full"]["ours_bf16"]
+        print(f"| (b) 6/6/384, ours with kernels.matmul=bf16, s/iter | {med(n, 's_per_iter'):.2f} | "
+              f"{med(o, 's_per_iter'):.2f} | {med(o, 's_per_iter') / med(n, 's_per_iter'):.2f} |")
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     with open(os.path.join(ROOT, "benchmarks", "results", "nanogpt_side_by_side.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -37,6 +37,9 @@ OPS = {
     "selective_scan": MODES,
     "rwkv7": MODES,
     "nf4_matmul": MODES,
+    # Dense matmuls on a CPU (jaxmodels.layers.dense): "bf16" rounds f32 operands to bf16 and
+    # accumulates in f32 (the CPU's bf16 units: AMX on recent Xeons); "auto" / "xla": as given.
+    "matmul": ("auto", "xla", "bf16"),
 }
 DEFAULTS = {op: "auto" for op in OPS}
 # Ops whose Pallas kernel beat the XLA form on a GPU in benchmarks/gpu_kernels.py. No GPU

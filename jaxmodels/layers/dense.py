@@ -12,6 +12,17 @@ CPU train step. With the leading axes flattened first, the weight gradient is a 
 `Dense` is flax's nn.Dense with that dot: same parameters ("kernel" [in, out], "bias"),
 same init, same dtype handling, so checkpoints and converters see no difference.
 `linear(x, w)` is the same matmul for layers that hold their own weight (LoRA, NF4).
+
+bf16 on a CPU (`bf16_matmul`): XLA:CPU runs a bf16 x bf16 -> bf16 dot by converting both
+operands to f32 (slower than f32 throughout), but hands bf16 x bf16 -> f32 to its matmul
+library, which uses the CPU's bf16 units (AMX on recent Intel Xeons: 4-5x the f32 rate on
+the 2-core dev VM). JAX's autodiff would feed the backward dots an f32 gradient (the
+cotangent of an f32 result), which falls back to f32 again, so the bf16 path carries its
+own VJP: the gradient is rounded to bf16 and both backward dots take bf16 operands with
+f32 accumulation, as mixed precision does on a GPU. Config `kernels.matmul="bf16"` sends
+f32 models' dense matmuls the same way (operands rounded to bf16, everything else f32). Its output is named "bf16_dot" so the
+dot-saving remat policies (jaxmodels.layers.stack) keep it as they keep a plain dot. Only
+on the CPU backend: on a GPU, XLA already runs bf16 dots on the tensor cores.
 """
 from __future__ import annotations
 
@@ -20,17 +31,63 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+# The checkpoint name of bf16_matmul's output (saved by the dot-saving remat policies).
+BF16_DOT_NAME = "bf16_dot"
+_NN = (((1,), (0,)), ((), ()))   # x[N, I] @ w[I, O]
+_NT = (((1,), (1,)), ((), ()))   # g[N, O] @ w[I, O]^T
+_TN = (((0,), (0,)), ((), ()))   # x[N, I]^T @ g[N, O]
+
+
+@jax.custom_vjp
+def bf16_matmul(x_NI: jax.Array, w_IO: jax.Array) -> jax.Array:
+    """bf16 x[N, I] @ bf16 w[I, O] accumulated and returned in f32, with bf16 backward dots."""
+    return jax.lax.dot_general(x_NI, w_IO, _NN, preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_fwd(x_NI, w_IO):
+    return bf16_matmul(x_NI, w_IO), (x_NI, w_IO)
+
+
+def _bf16_matmul_bwd(res, g_NO):
+    x_NI, w_IO = res
+    g_NO = g_NO.astype(jnp.bfloat16)
+    dx_NI = jax.lax.dot_general(g_NO, w_IO, _NT, preferred_element_type=jnp.float32)
+    dw_IO = jax.lax.dot_general(x_NI, g_NO, _TN, preferred_element_type=jnp.float32)
+    return dx_NI.astype(x_NI.dtype), dw_IO.astype(w_IO.dtype)
+
+
+bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def _cpu_bf16(lhs: jax.Array, rhs: jax.Array) -> bool:
+    """Whether this dot runs as bf16_matmul: on a CPU, for bf16 operands, or for f32 operands
+    when config kernels.matmul="bf16" asks to round them (as torch.autocast does on a CPU)."""
+    if jax.default_backend() != "cpu":
+        return False
+    if lhs.dtype == rhs.dtype == jnp.bfloat16:
+        return True
+    from jaxmodels.kernels import dispatch
+    return lhs.dtype == rhs.dtype == jnp.float32 and dispatch.choice("matmul") == "bf16"
 
 
 def flat_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                      preferred_element_type=None, **kwargs) -> jax.Array:
     """lax.dot_general, with lhs's leading axes merged when it contracts only its last axis."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
-    if lhs.ndim > 2 and not lhs_batch and not rhs_batch and tuple(lhs_contract) == (lhs.ndim - 1,):
+    if lhs.ndim >= 2 and not lhs_batch and not rhs_batch and tuple(lhs_contract) == (lhs.ndim - 1,):
         lead = lhs.shape[:-1]
-        out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs,
-                                  (((1,), tuple(rhs_contract)), ((), ())), precision=precision,
-                                  preferred_element_type=preferred_element_type, **kwargs)
+        x_NI = lhs.reshape(-1, lhs.shape[-1])
+        if rhs.ndim == 2 and _cpu_bf16(lhs, rhs):
+            w_IO = rhs if tuple(rhs_contract) == (0,) else rhs.T  # XLA folds the transpose
+            out = bf16_matmul(x_NI.astype(jnp.bfloat16), w_IO.astype(jnp.bfloat16))
+            out = checkpoint_name(out, BF16_DOT_NAME)
+            out = out.astype(preferred_element_type or lhs.dtype)
+        else:
+            out = jax.lax.dot_general(x_NI, rhs, (((1,), tuple(rhs_contract)), ((), ())),
+                                      precision=precision,
+                                      preferred_element_type=preferred_element_type, **kwargs)
         return out.reshape(*lead, *out.shape[1:])
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type, **kwargs)

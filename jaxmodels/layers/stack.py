@@ -10,12 +10,19 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
+from jaxmodels.layers.dense import BF16_DOT_NAME
+
+_cp = jax.checkpoint_policies
+# The bf16 CPU matmul (jaxmodels.layers.dense.bf16_matmul) is a custom_vjp, not a dot_general
+# primitive, so the dot-saving policies also save its named output.
+_BF16_DOT = _cp.save_only_these_names(BF16_DOT_NAME)
 REMAT_POLICIES = {
     "none": None,  # no remat: keep every activation
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-    "everything_saveable": jax.checkpoint_policies.everything_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "nothing_saveable": _cp.nothing_saveable,
+    "everything_saveable": _cp.everything_saveable,
+    "dots_saveable": _cp.save_from_both_policies(_cp.dots_saveable, _BF16_DOT),
+    "dots_with_no_batch_dims_saveable": _cp.save_from_both_policies(
+        _cp.dots_with_no_batch_dims_saveable, _BF16_DOT),
 }
 
 

@@ -66,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     # cross_entropy also "dense" (full logits). auto: the XLA form unless Pallas is faster here.
     c.kernels = ml_collections.ConfigDict(dict(
         attention="auto", cross_entropy="auto", norm="auto", selective_scan="auto", rwkv7="auto",
-        nf4_matmul="auto"))
+        nf4_matmul="auto", matmul="auto"))
     # Device mesh (jaxmodels/train/mesh.py): data x fsdp x tensor devices; one size may be -1
     # (the remaining devices). The batch splits over data*fsdp; fsdp also splits params and
     # optimizer state (leaves of at least fsdp_min_size elements); tensor splits heads / MLP width.
