@@ -22,6 +22,7 @@ CONVERTERS = {
     "mixtral": "jaxmodels.convert.llama",
     "mamba": "jaxmodels.convert.mamba",
     "rwkv": "jaxmodels.convert.rwkv",
+    "rwkv7": "jaxmodels.convert.rwkv7",
 }
 
 
