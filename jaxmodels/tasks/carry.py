@@ -6,6 +6,10 @@ is the state the next window of that row starts from. Gradients stop at the wind
 so memory is that of one window however long the stream gets; the state itself lives in
 the TrainState (`carry`), which the checkpoint saves, so a resumed run continues exactly.
 
+Evaluation (val loss, samples) still reads independent windows from a zero state, so its
+numbers stay comparable with runs that do not carry. RetNet's carry includes the absolute
+position (its rotation is relative, so the state needs the positions to continue).
+
 Layout of the carry in the TrainState: {"state": the decode state with the batch axis moved
 to the front of every leaf, "pos": int32 [B] tokens read so far}. Batch-first lets the train
 step split it into micro-batches exactly as it splits the batch (train/step.py).
