@@ -81,3 +81,21 @@ def test_exact_resume_after_kill_9_with_carried_state(tmp_path):
     carry = restore_newest(killed)[2].carry
     np.testing.assert_array_equal(np.asarray(carry["pos"]), 20 * 32)
     assert bit_identical(carry, restore_newest(straight)[2].carry)
+
+
+def test_turning_the_carry_on_for_a_run_is_refused_naming_the_field():
+    from jaxmodels.train.checkpoint import (CheckpointMismatchError, check_compatible, config_to_json,
+                                            model_signature, state_signature)
+
+    def signatures(cfg):
+        setup = make_setup(build_task(cfg), cfg)
+        return model_signature(setup.abstract_params), state_signature(setup.abstract_state, setup.trainable)
+
+    spec = os.path.join(ROOT, "configs", "rwkv4_169m.py") + ":smoke"
+    old, new = load_config(spec), load_config(spec, ["task.carry_state=True"])
+    sig, old_state = signatures(old)
+    meta = {"config": config_to_json(old), "signature": sig, "state_signature": old_state}
+    new_sig, new_state = signatures(new)
+    assert new_sig == sig  # same params: the carried state is what differs
+    with pytest.raises(CheckpointMismatchError, match="task.carry_state: False in the checkpoint, True now"):
+        check_compatible(meta, new, new_sig, "runs/x", new_state)
