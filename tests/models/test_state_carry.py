@@ -16,25 +16,27 @@ TINY = {
 }
 
 
-def _perturbed(params, seed=3, scale=0.1):
-    """Several families init projections at zero; perturb so every path carries signal."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+def _random_params(model, tokens, seed=3, scale=0.5):
+    """Random values in the model's param shapes (no init compile): the equivalence holds for
+    any weights, and zero-initialised projections would hide paths."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]
+    return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
 
 
 @pytest.mark.parametrize("family", sorted(TINY))
 def test_two_carried_windows_equal_one_forward(family):
     model = build_model(TINY[family])
     tokens = jax.random.randint(jax.random.key(0), (2, 14), 0, 40)
-    params = _perturbed(model.init(jax.random.key(1), tokens[:, :6])["params"])
-    full = model.apply({"params": params}, tokens)
+    params = _random_params(model, tokens[:, :7])
+    full = jax.jit(model.apply)({"params": params}, tokens)
+    window = jax.jit(lambda p, x, s, pos: run_window(model, p, x, s, pos))
     carry = model.init_decode_state(2, 0)
     pos = jnp.zeros((), jnp.int32)
-    first, carry, pos = run_window(model, params, tokens[:, :6], carry, pos)
-    second, carry, pos = run_window(model, params, tokens[:, 6:], carry, pos)
+    first, carry, pos = window(params, tokens[:, :7], carry, pos)
+    second, carry, pos = window(params, tokens[:, 7:], carry, pos)
     np.testing.assert_allclose(np.concatenate([first, second], 1), full, atol=1e-5, rtol=0)
     assert int(pos) == 14
     # Without the carried state the second window is a different (fresh-start) function.
-    fresh, _, _ = run_window(model, params, tokens[:, 6:], model.init_decode_state(2, 0), pos * 0)
-    assert float(jnp.max(jnp.abs(fresh - full[:, 6:]))) > 1e-3
+    fresh, _, _ = window(params, tokens[:, 7:], model.init_decode_state(2, 0), pos * 0)
+    assert float(jnp.max(jnp.abs(fresh - full[:, 7:]))) > 1e-3
