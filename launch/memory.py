@@ -25,7 +25,7 @@ def main(argv=None) -> int:
         _, cfg = parse(argv, __doc__, workdir=False)
         if fit:
             from jaxmodels.train.autofit import search
-            result = search(cfg)
+            result = search(cfg, log=lambda line: print(line, flush=True))
             print(result.summary())
             return 0 if result.plan is not None else 1
         from jaxmodels.train.memory import advice, estimate

@@ -117,9 +117,7 @@ class FitResult:
     def summary(self) -> str:
         budget = next((r.budget for _, r in self.tried if r is not None), 0)
         lines = [f"auto-fit: {len(self.tried)} plan(s) compiled, budget {budget / GiB:.2f} GiB"]
-        for plan, report in self.tried:
-            what = "invalid" if report is None else f"{report.total / GiB:8.2f} GiB {'fits' if report.fits else 'over'}"
-            lines.append(f"  x{plan.cost:5.2f}  {what:<18} {' '.join(plan.overrides)}")
+        lines += [tried_line(plan, report) for plan, report in self.tried]
         if self.plan is None and self.untried:
             lines.append(f"none fits so far; {self.untried} slower plan(s) left untried (max_compiles)")
         if self.plan is None:
@@ -130,10 +128,16 @@ class FitResult:
         return "\n".join(lines)
 
 
+def tried_line(plan: Plan, report: Optional[MemoryReport]) -> str:
+    what = "invalid" if report is None else f"{report.total / GiB:8.2f} GiB {'fits' if report.fits else 'over'}"
+    return f"  x{plan.cost:5.2f}  {what:<18} {' '.join(plan.overrides)}"
+
+
 def search(cfg: ml_collections.ConfigDict, estimate: Optional[Callable] = None,
-           max_compiles: int = 32) -> FitResult:
+           max_compiles: int = 32, log: Optional[Callable[[str], None]] = None) -> FitResult:
     """Compiles plans fastest-first until one fits; estimate(cfg) -> MemoryReport (default:
-    train/memory.estimate), replaceable in tests."""
+    train/memory.estimate), replaceable in tests. log: called with a line per compiled plan
+    (a big model's compile takes a while; this shows the search moving)."""
     if estimate is None:
         from jaxmodels.train.memory import estimate
     candidates = plans(cfg)
@@ -145,6 +149,8 @@ def search(cfg: ml_collections.ConfigDict, estimate: Optional[Callable] = None,
             tried.append((plan, None))  # e.g. a chunk the model refuses
             continue
         tried.append((plan, report))
+        if log is not None:
+            log(tried_line(plan, report))
         if report.fits:
             return FitResult(plan, report, tried, 0)
     return FitResult(None, None, tried, len(candidates) - len(tried))
