@@ -1,15 +1,17 @@
 """Imported first by every launch module, BEFORE jax: caps XLA's GPU allocator at the budget.
 
-XLA_CLIENT_MEM_FRACTION = memory.budget_gb / total GPU memory (budget from
+XLA_CLIENT_MEM_FRACTION = min(0.95, memory.budget_gb / total GPU memory) (budget from
 `--config.memory.budget_gb=` on the command line, else 12), unless the user set a fraction.
+The fit check reads the same cap back (jaxmodels/budget.py), so both use one number.
 The deprecated XLA_PYTHON_CLIENT_MEM_FRACTION is never set: setting both raises.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
+
+# jaxmodels.budget imports no jax: the cap below must be set before jax is loaded.
+from jaxmodels.budget import allocator_fraction, gpu_total_gb
 
 DEFAULT_BUDGET_GB = 12.0
 
@@ -31,18 +33,6 @@ def budget_from_argv(argv: list[str]) -> float:
     return DEFAULT_BUDGET_GB
 
 
-def gpu_total_gb() -> float | None:
-    """Memory of the first GPU per nvidia-smi, in GiB; None without an NVIDIA GPU."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-        return float(out.strip().splitlines()[0]) / 1024.0  # MiB -> GiB
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
 def configure(argv: list[str] | None = None, environ=os.environ) -> str | None:
     """Sets XLA_CLIENT_MEM_FRACTION when a GPU exists and nothing is set; returns the value set."""
     if "XLA_CLIENT_MEM_FRACTION" in environ or "XLA_PYTHON_CLIENT_MEM_FRACTION" in environ:
@@ -50,7 +40,7 @@ def configure(argv: list[str] | None = None, environ=os.environ) -> str | None:
     total = gpu_total_gb()
     if not total:
         return None
-    fraction = min(0.95, budget_from_argv(sys.argv if argv is None else argv) / total)
+    fraction = allocator_fraction(budget_from_argv(sys.argv if argv is None else argv), total)
     environ["XLA_CLIENT_MEM_FRACTION"] = f"{fraction:.3f}"
     return environ["XLA_CLIENT_MEM_FRACTION"]
 

@@ -2,13 +2,17 @@
 prints params / optimizer / activations against memory.budget_gb.
 
     python -m launch.memory --config configs/gpt2_124m.py[:variant] [--config.train.micro_batches=4 ...]
+    python -m launch.memory --config configs/mamba_130m.py --fit
 
 On a mesh every number is per device. To size a mesh without its devices, --devices N
 compiles for N fake CPU devices, e.g. LLaMA-7B with FSDP over 8:
     python -m launch.memory --config configs/llama2_7b_qlora.py --devices 8 --config.mesh.data=1 \
         --config.mesh.fsdp=8 --config.model.lora_rank=0 --config.model.quant=none
 
-Exit status 0 when it fits, 1 when it does not, 2 for a config error.
+--fit searches micro-batches, remat policy, optimizer-state format and scan chunk for the
+fastest plan that fits (jaxmodels/train/autofit.py) and prints it as flags to add; training
+with --config.memory.auto_fit=True runs that plan by itself.
+Exit status 0 when it fits (--fit: a plan was found), 1 when it does not, 2 for a config error.
 """
 import os
 import sys
@@ -45,6 +49,8 @@ from jaxmodels.config import ConfigError  # noqa: E402
 def main(argv=None) -> int:
     from launch.train import parse
     argv = sys.argv[1:] if argv is None else argv
+    fit = "--fit" in argv
+    argv = [a for a in argv if a != "--fit"]
     try:
         devices, argv = take_devices(argv)
         import jax
@@ -52,6 +58,11 @@ def main(argv=None) -> int:
             raise ConfigError(f"--devices {devices} but jax already started with {jax.device_count()}: "
                               f"pass --devices on the command line of python -m launch.memory")
         _, cfg = parse(argv, __doc__, workdir=False)
+        if fit:
+            from jaxmodels.train.autofit import search
+            result = search(cfg, log=lambda line: print(line, flush=True))
+            print(result.summary())
+            return 0 if result.plan is not None else 1
         from jaxmodels.train.memory import advice, estimate
         report = estimate(cfg)
     except ConfigError as e:

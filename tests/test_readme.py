@@ -285,6 +285,21 @@ TINY: dict[str, Tiny] = {
         "[os.symlink('{fixtures}/llama/llama', 'models/' + n) for n in ('base-chat', 'code-tuned', 'story-tuned')]\"",
         "python -m launch.merge_moe --config docs/merge_moe.yaml --out frankenmoe",
     )),
+    # --- long context, released RWKV-7, Mamba export, auto-fit
+    "python -m launch.train --config configs/rwkv7_l12_d768.py:smoke --config.task.carry_state=True": Tiny((
+        f"python -m launch.train --config configs/rwkv7_l12_d768.py:smoke --config.task.carry_state=True {SMOKE_LM}",
+    )),
+    "python -m launch.convert --hf path/to/rwkv7-hf --out rwkv7-jax": Tiny((
+        "python -m launch.convert --hf {fixtures}/rwkv7 --out rwkv7-jax",
+    ), slow=False, expect=("'name': 'rwkv7'",)),
+    "python -m launch.export_hf --workdir runs/mamba_130m_smoke --out mamba-hf": Tiny((
+        f"python -m launch.train --config configs/mamba_130m.py:smoke {SMOKE_LM}",
+        "python -m launch.export_hf --workdir runs/mamba_130m_smoke --out mamba-hf",
+        "python -c \"import os; assert os.path.isfile('mamba-hf/model.safetensors')\"",
+    )),
+    "python -m launch.memory --config configs/mamba_130m.py --fit": Tiny((
+        "python -m launch.memory --config configs/mamba_130m.py:smoke --fit",
+    ), expect=("plan (relative step time",)),
     "python -m launch.memory --config configs/X.py": Tiny((
         "python -m launch.memory --config configs/gpt_shakespeare_char.py:smoke",
     ), expect=("budget",)),

@@ -22,6 +22,14 @@ CONVERTERS = {
     "mixtral": "jaxmodels.convert.llama",
     "mamba": "jaxmodels.convert.mamba",
     "rwkv": "jaxmodels.convert.rwkv",
+    "rwkv7": "jaxmodels.convert.rwkv7",
+}
+
+
+# model.name -> the converter module whose to_hf(model, params, folder) writes that family.
+EXPORTERS = {
+    "gpt": "jaxmodels.convert.gpt2",
+    "mamba": "jaxmodels.convert.mamba",
 }
 
 
@@ -61,3 +69,14 @@ def from_hf(folder: str):
         raise ConfigError(f"{folder}: model_type {model_type!r} is not supported; "
                           f"supported: {', '.join(sorted(CONVERTERS))}")
     return importlib.import_module(CONVERTERS[model_type]).from_hf(folder, hf_config)
+
+
+def to_hf(model_cfg: dict, params, folder: str) -> None:
+    """Writes a model (its config `model` section and params) as a Hugging Face folder."""
+    from jaxmodels.models import build_model
+
+    name = model_cfg.get("name")
+    if name not in EXPORTERS:
+        raise ConfigError(f"model.name={name!r} has no Hugging Face export; exportable: {', '.join(sorted(EXPORTERS))}"
+                          " (BitNet: launch.export_bitnet)")
+    importlib.import_module(EXPORTERS[name]).to_hf(build_model(model_cfg), params, folder)

@@ -210,6 +210,36 @@ class WindowSource:
                 "mask": np.ones(self.seq_len, np.float32)}
 
 
+class StreamSource:
+    """Consecutive windows for state carry (tasks/carry.py): the split is cut into `rows`
+    equal streams, and example i is window i // rows of stream i % rows. Batched by `rows`,
+    batch s row b is window s of stream b, the window right after batch s-1's row b. A
+    stream that runs out starts over from its beginning (the carried state then meets a
+    discontinuity, as it does at a document boundary)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, rows: int):
+        per_row = (len(tokens) - 1) // max(rows, 1)
+        self.windows = per_row // seq_len
+        if self.windows < 1:
+            raise ValueError(f"split has {len(tokens)} tokens, too few for {rows} streams of at least "
+                             f"seq_len+1 = {seq_len + 1} tokens: use a bigger corpus, a smaller "
+                             f"train.batch_size or a smaller data.seq_len")
+        self.tokens, self.seq_len, self.rows, self.per_row = tokens, seq_len, rows, per_row
+
+    def offset(self, index: int) -> int:
+        step, row = divmod(int(index), self.rows)
+        return row * self.per_row + (step % self.windows) * self.seq_len
+
+    def __len__(self) -> int:
+        return _LONG - _LONG % self.rows  # whole batches only
+
+    def __getitem__(self, index: int) -> dict:
+        o = self.offset(index)
+        window = np.asarray(self.tokens[o:o + self.seq_len + 1], dtype=np.int32)
+        return {"inputs": window[:-1], "targets": window[1:],
+                "mask": np.ones(self.seq_len, np.float32)}
+
+
 def _batched(source, split: str, batch_size: int, data_cfg: Any) -> grain.IterDataset:
     ds = grain.MapDataset.source(source)
     if split == "train":
@@ -220,17 +250,20 @@ def _batched(source, split: str, batch_size: int, data_cfg: Any) -> grain.IterDa
 
 
 def text_dataset(data_cfg: Any, split: str, batch_size: int, seed: int,
-                 splits: Optional[dict] = None) -> grain.IterDataset:
+                 splits: Optional[dict] = None, stream: bool = False) -> grain.IterDataset:
     """Batches of random windows of the split. "train" is endless; "val" holds about one
     pass over the val tokens (at least one batch), the same windows every time.
-    splits: the output of load_splits (loaded here when None)."""
+    splits: the output of load_splits (loaded here when None). stream: "train" batches
+    are consecutive windows of batch_size streams instead (StreamSource)."""
     if splits is None:
         splits, _ = load_splits(data_cfg)
     seq_len = seq_len_of(data_cfg)
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     part = splits[split]
-    if split == "train":
+    if split == "train" and stream:
+        source = StreamSource(part, seq_len, batch_size)
+    elif split == "train":
         source = WindowSource(part, seq_len, seed)
     else:
         n = max(batch_size, len(part) // seq_len)

@@ -240,7 +240,8 @@ class Mamba(nn.Module):
             blocks = scan_blocks(MambaBlock, cfg.n_layer, cfg.remat, name="layers", cfg=cfg)
             x_BTD, _ = blocks(x_BTD)
         else:
-            blocks = scan_blocks(MambaBlock, cfg.n_layer, "none", in_axes=(0,), name="layers", cfg=cfg)
+            blocks = scan_blocks(MambaBlock, cfg.n_layer, cfg.remat if train else "none", in_axes=(0,),
+                                 name="layers", cfg=cfg)
             x_BTD, decode_state = blocks(x_BTD, decode_state)
         dtype = cfg.compute_dtype
         x_BTD = RMSNorm(eps=cfg.norm_eps, dtype=dtype, name="norm_f")(x_BTD)

@@ -255,7 +255,7 @@ class RetNet(nn.Module):
                                  name="layers", cfg=cfg)
             x_BTD, _ = blocks(x_BTD, None, pos_T)
         else:
-            blocks = scan_blocks(RetNetBlock, cfg.n_layer, "none", in_axes=(0, nn.broadcast),
+            blocks = scan_blocks(RetNetBlock, cfg.n_layer, cfg.remat if train else "none", in_axes=(0, nn.broadcast),
                                  name="layers", cfg=cfg)
             x_BTD, S = blocks(x_BTD, decode_state["S"], pos_T)
             decode_state = {"S": S}

@@ -225,7 +225,7 @@ class RWKV4(nn.Module):
             blocks = scan_blocks(Block, L, cfg.remat, in_axes=(0,), name="blocks", cfg=cfg)
             x_BTD, _ = blocks(x_BTD, layer_ids)
         else:
-            blocks = scan_blocks(Block, L, "none", in_axes=(0, 0), name="blocks", cfg=cfg)
+            blocks = scan_blocks(Block, L, cfg.remat if train else "none", in_axes=(0, 0), name="blocks", cfg=cfg)
             x_BTD, decode_state = blocks(x_BTD, layer_ids, decode_state)
         x_BTD = LayerNorm(eps=cfg.norm_eps, dtype=dtype, name="ln_out")(x_BTD)
         head_VD = self.param("head", orthogonal(0.5 * _gain(D, V)), (V, D), jnp.float32)

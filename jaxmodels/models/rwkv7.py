@@ -365,7 +365,7 @@ class RWKV7(nn.Module):
             blocks = scan_blocks(Block, L, cfg.remat, in_axes=(0,), name="blocks", cfg=cfg)
             (x_BTC, _), _ = blocks(carry, layer_ids)
         else:
-            blocks = scan_blocks(Block, L, "none", in_axes=(0, 0), name="blocks", cfg=cfg)
+            blocks = scan_blocks(Block, L, cfg.remat if train else "none", in_axes=(0, 0), name="blocks", cfg=cfg)
             (x_BTC, _), decode_state = blocks(carry, layer_ids, decode_state)
         x_BTC = LayerNorm(eps=cfg.norm_eps, dtype=dtype, name="ln_out")(x_BTC)
         gain = 0.5 * math.sqrt(V / C) if V > C else 0.5

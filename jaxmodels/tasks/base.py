@@ -64,6 +64,11 @@ class Task(abc.ABC):
         """A bool pytree marking trainable leaves (LoRA, adapters); None = all trainable."""
         return None
 
+    def init_carry(self, batch_size: int) -> Optional[PyTree]:
+        """State carried from one training batch to the next (tasks/carry.py), batch axis
+        first; None (the default) when batches are independent."""
+        return None
+
     def load_init_from(self, params: PyTree, path: str) -> PyTree:
         """Replaces fresh params with a pretrained checkpoint (`config.init_from`)."""
         raise NotImplementedError(f"{type(self).__name__} cannot start from {path!r}")

@@ -5,6 +5,9 @@ Config fields it reads (besides model/data/train):
   task.eval_examples   sort: held-out sequences greedily sorted at each evaluation
   task.sample_tokens   text: tokens generated for workdir/samples.txt at each evaluation
   task.sample_prompt   text: tokens of the val split used as the sample's prompt
+  task.carry_state     recurrent families: each batch row reads consecutive windows of one
+                       stream and starts from the state the previous window ended with
+                       (long context at constant memory; tasks/carry.py)
 A model.vocab_size <= 0 means "the tokenizer's vocab size".
 """
 from __future__ import annotations
@@ -24,8 +27,10 @@ from jaxmodels.data.text import lm_dataset, load_splits, seq_len_of, text_datase
 from jaxmodels.layers.lm_head import HeadInput
 from jaxmodels.models import build_model
 from jaxmodels.tasks.base import PyTree, Task
+from jaxmodels.tasks.carry import carry_of, check_family, init_carry, window_with_carry
 
-TASK_DEFAULTS = dict(name="lm", eval_examples=500, sample_tokens=64, sample_prompt=16)
+TASK_DEFAULTS = dict(name="lm", eval_examples=500, sample_tokens=64, sample_prompt=16,
+                     carry_state=False)
 
 
 def lm_task_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -150,6 +155,12 @@ class LMTask(Task):
         if model_cfg.get("vocab_size", 1) <= 0:
             model_cfg["vocab_size"] = self.data_vocab_size()
         self.model = build_model(model_cfg)
+        self.carry_state = carry_of(self.task_cfg)
+        if self.carry_state:
+            check_family(str(cfg.model.name))
+            if self.is_sort or self.data_cfg.get("source") == "instruct":
+                raise ConfigError("task.carry_state=True reads a token stream; data.source="
+                                  f"{self.data_cfg.get('source')!r} has none: set task.carry_state=False")
         block = getattr(getattr(self.model, "cfg", None), "block_size", None)
         if block is not None and self.seq_len > block:
             raise ConfigError(f"data.seq_len={self.seq_len} exceeds model.block_size={block} (the model "
@@ -205,7 +216,7 @@ class LMTask(Task):
             from jaxmodels.data.instruct import instruct_dataset
             return instruct_dataset(self.data_cfg, split, batch_size, seed, self.tokenizer)
         splits, _ = self._load()
-        return text_dataset(self.data_cfg, split, batch_size, seed, splits=splits)
+        return text_dataset(self.data_cfg, split, batch_size, seed, splits=splits, stream=self.carry_state)
 
     def abstract_batch(self, batch_size: int) -> dict:
         shape = (batch_size, self.seq_len)
@@ -234,8 +245,26 @@ class LMTask(Task):
         takes = "head_input" in inspect.signature(type(self.model).__call__).parameters
         return takes and dispatch.choice("cross_entropy") != "dense"
 
+    def init_carry(self, batch_size: int) -> Optional[PyTree]:
+        return init_carry(self.model, batch_size) if self.carry_state else None
+
+    def carried_loss(self, params: PyTree, batch: Mapping[str, Any], rng: jax.Array,
+                     train: bool = True) -> tuple[jax.Array, dict]:
+        """The loss of a window that starts from batch["carry"]; aux["carry"] is the state
+        the next window starts from (tasks/carry.py)."""
+        kwargs = dict(train=True, rngs={"dropout": rng}) if train else {}
+        out, carry = window_with_carry(self.model, params, batch["inputs"], batch["carry"],
+                                       head_input=self.head_input_supported(), **kwargs)
+        if isinstance(out, HeadInput):
+            loss, aux = head_cross_entropy(out, batch["targets"], batch["mask"])
+        else:
+            loss, aux = token_cross_entropy(out, batch["targets"], batch["mask"])
+        return loss, {**aux, "carry": carry}
+
     def loss(self, params: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array,
              train: bool = True) -> tuple[jax.Array, dict]:
+        if "carry" in batch:
+            return self.carried_loss(params, batch, rng, train)
         if getattr(getattr(self.model, "cfg", None), "is_moe", False):
             return self.moe_loss(params, batch, rng, train)  # logits + the router losses
         if self.head_input_supported():

@@ -44,7 +44,9 @@ def make_setup(task, cfg: ml_collections.ConfigDict) -> Setup:
     trainable = task.trainable_mask(abstract_params)
     optimizer, schedule = make_optimizer(cfg.optim, int(cfg.train.steps), trainable)
     ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)
-    abstract_state = jax.eval_shape(lambda p, k: create_state(p, optimizer, k, ema_decay, window),
+    batch_size = int(cfg.train.batch_size)
+    abstract_state = jax.eval_shape(lambda p, k: create_state(p, optimizer, k, ema_decay, window,
+                                                              task.init_carry(batch_size)),
                                     abstract_params, train_key)
     return Setup(optimizer, schedule, trainable, abstract_params, abstract_state)
 
@@ -60,6 +62,8 @@ def fresh_state(task, cfg: ml_collections.ConfigDict, setup: Setup, sharding=Non
     if cfg.get("init_from", ""):
         params = task.load_init_from(params, cfg.init_from)
     ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)
-    make = jax.jit(lambda p, k: create_state(p, setup.optimizer, k, ema_decay, window),
+    batch_size = int(cfg.train.batch_size)
+    make = jax.jit(lambda p, k: create_state(p, setup.optimizer, k, ema_decay, window,
+                                             task.init_carry(batch_size)),
                    out_shardings=sharding)
     return make(params, train_key)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 # train fields that change what a TrainState holds (optim.* fields all may).
-STATE_FIELDS = ("ema_decay", "skip_loss_z", "skip_window")
+STATE_FIELDS = ("ema_decay", "skip_loss_z", "skip_window", "carry_state")  # carry_state: task section
 
 
 class CheckpointMismatchError(ConfigError):
@@ -85,7 +85,7 @@ def _refuse_state_change(meta: dict, cfg, old_state: dict, new_state: dict, work
     """The optimizer state or EMA differ in layout: name the config fields that did it."""
     old_cfg, new_cfg = meta.get("config", {}), config_to_json(cfg)
     fields = []
-    for section in ("optim", "train"):
+    for section in ("optim", "train", "task"):
         old, new = _flatten(old_cfg.get(section, {}), section), _flatten(new_cfg.get(section, {}), section)
         fields += [f"{k}: {old.get(k, '<unset>')!r} in the checkpoint, {new.get(k, '<unset>')!r} now"
                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)

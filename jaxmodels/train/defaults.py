@@ -61,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.memory = ml_collections.ConfigDict(dict(
         budget_gb=12.0,         # XLA allocator cap on GPU and the fit check before step 0
         check=True,
+        auto_fit=False,         # before step 0, pick the fastest micro_batches / remat / optimizer-state
+                                # format / scan chunk that fits the budget (train/autofit.py)
     ))
     # Implementation per hot op (jaxmodels/kernels/dispatch.py): "auto" | "pallas" | "xla";
     # cross_entropy also "dense" (full logits). auto: the XLA form unless Pallas is faster here.

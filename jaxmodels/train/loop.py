@@ -152,6 +152,9 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     os.makedirs(workdir, exist_ok=True)
     if _stopped_early(stop, "before the run started"):
         return {}
+    if cfg.memory.get("auto_fit", False):  # the fastest plan that fits the budget (autofit.py)
+        from jaxmodels.train.autofit import fit_config
+        cfg = fit_config(cfg)
     tc = cfg.train
     total_steps, batch_size = int(tc.steps), int(tc.batch_size)
     task = build_task(cfg)

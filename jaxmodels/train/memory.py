@@ -46,6 +46,7 @@ class MemoryReport:
     total: int
     budget: int
     devices: int = 1   # on a mesh every number is one device's share
+    budget_note: str = ""  # why the budget is below memory.budget_gb (the allocator's cap)
 
     @property
     def fits(self) -> bool:
@@ -59,7 +60,7 @@ class MemoryReport:
         lines = [f"memory estimate (compiled for {self.backend}: {self.device_kind}{per})"]
         lines += [f"  {name:<24}{size / MiB:>12.1f} MiB" for name, size in rows if size]
         lines.append(f"  {'total':<24}{self.total / MiB:>12.1f} MiB  "
-                     f"({self.total / GiB:.2f} of {self.budget / GiB:.2f} GiB budget"
+                     f"({self.total / GiB:.2f} of {self.budget / GiB:.2f} GiB budget{self.budget_note}"
                      f"{'' if self.fits else ': DOES NOT FIT'})")
         return "\n".join(lines)
 
@@ -75,12 +76,13 @@ def analyze(jitted_step: Callable, abstract_state, abstract_batch, budget_gb: fl
     outputs = max(0, int(ma.output_size_in_bytes) - int(ma.alias_size_in_bytes))
     temp = int(ma.temp_size_in_bytes)
     device = jax.devices()[0]
+    budget, note = budget_bytes(budget_gb, device)
     ema = tree_bytes(abstract_state.ema) if abstract_state.ema is not None else 0
     report = MemoryReport(
         backend=device.platform, device_kind=device.device_kind,
         params=tree_bytes(abstract_state.params), optimizer=tree_bytes(abstract_state.opt_state),
         ema=ema, batch=tree_bytes(abstract_batch), temp=temp, outputs=outputs,
-        total=args + outputs + temp, budget=int(float(budget_gb) * GiB), devices=_devices_of(abstract_state))
+        total=args + outputs + temp, budget=budget, budget_note=note, devices=_devices_of(abstract_state))
     return report, compiled
 
 
@@ -88,6 +90,21 @@ def _devices_of(abstract_state) -> int:
     """How many devices the state is laid out on (1 without a mesh)."""
     shardings = [getattr(x, "sharding", None) for x in jax.tree.leaves(abstract_state)]
     return max([len(s.device_set) for s in shardings if s is not None] or [1])
+
+
+def budget_bytes(budget_gb: float, device=None) -> tuple[int, str]:
+    """(bytes the step may use, note): memory.budget_gb lowered to what XLA's allocator is
+    capped at (jaxmodels/budget.py; on a GPU also the limit the device itself reports), so
+    the fit check and the allocator agree on one number."""
+    from jaxmodels.budget import usable_budget_bytes
+
+    given = int(float(budget_gb) * GiB)
+    budget = usable_budget_bytes(budget_gb)
+    stats = device.memory_stats() if device is not None and device.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        budget = min(budget, int(stats["bytes_limit"]))
+    note = "" if budget >= given else f", the allocator's cap (memory.budget_gb={float(budget_gb):g})"
+    return budget, note
 
 
 LENGTH_KEYS = ("seq_len", "block_size", "max_len", "context_len", "image_size", "resolution")
@@ -152,7 +169,9 @@ def check_fits(report: MemoryReport, cfg: ml_collections.ConfigDict) -> None:
     """Raises MemoryBudgetError (with what to change) when the estimate exceeds the budget."""
     if not report.fits:
         raise MemoryBudgetError(f"the train step needs about {report.total / GiB:.2f} GiB but "
-                                f"memory.budget_gb={cfg.memory.budget_gb}.\n{report}\nTry: {advice(cfg)}")
+                                f"{report.budget / GiB:.2f} GiB are usable (memory.budget_gb="
+                                f"{cfg.memory.budget_gb}{report.budget_note and ', less the allocator headroom'})."
+                                f"\n{report}\nTry: {advice(cfg)}")
 
 
 def estimate(cfg: ml_collections.ConfigDict, task=None) -> MemoryReport:

@@ -22,10 +22,13 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array
     ema: Optional[PyTree] = None
     loss_window: Optional[PyTree] = None
+    # The recurrent state carried from window to window (task.carry_state, tasks/carry.py);
+    # None otherwise, so other runs keep their checkpoint layout.
+    carry: Optional[PyTree] = None
 
 
 def create_state(params: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array,
-                 ema_decay: float, loss_window: int = 0) -> TrainState:
+                 ema_decay: float, loss_window: int = 0, carry: Optional[PyTree] = None) -> TrainState:
     """Fresh state for params (traceable: memory estimates build it under jax.eval_shape).
 
     rng: a raw uint32[2] key (jax.random.PRNGKey), the root of every per-step key."""
@@ -34,7 +37,7 @@ def create_state(params: PyTree, optimizer: optax.GradientTransformation, rng: j
     if loss_window > 0:  # a ring buffer of recent losses and how many were pushed
         window = {"losses": jnp.zeros((int(loss_window),), jnp.float32), "count": jnp.zeros((), jnp.int32)}
     return TrainState(params=params, opt_state=optimizer.init(params),
-                      step=jnp.zeros((), jnp.int32), rng=rng, ema=ema, loss_window=window)
+                      step=jnp.zeros((), jnp.int32), rng=rng, ema=ema, loss_window=window, carry=carry)
 
 
 def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:

@@ -67,6 +67,11 @@ def _split_micro(x: jax.Array, k: int) -> jax.Array:
     return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
 
+def _join_micro(x: jax.Array) -> jax.Array:
+    """Inverse of _split_micro: [k, B/k, ...] -> [B, ...] in the batch's own row order."""
+    return jnp.swapaxes(x, 0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
 def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Callable,
                     train_cfg: ml_collections.ConfigDict, trainable: Optional[PyTree] = None) -> Callable:
     """Returns the un-jitted `train_step(state, batch) -> (state, metrics)`.
@@ -94,7 +99,10 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
 
         train_leaves = [x for x, m in zip(leaves, mask) if m]
         (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(train_leaves)
+        carry = aux.pop("carry", None) if isinstance(aux, dict) else None
         aux = {name: jnp.asarray(v, jnp.float32) for name, v in {"weight": 1.0, **aux}.items()}
+        if carry is not None:  # the state the next window starts from (tasks/carry.py): not averaged
+            aux["carry"] = carry
         return jnp.asarray(loss, jnp.float32), aux, grads
 
     def expand(params, train_grads):
@@ -111,24 +119,31 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
         micro = jax.tree.map(lambda x: _split_micro(x, k), batch)
         first = jax.tree.map(lambda x: x[0], micro)
         shapes = jax.eval_shape(loss_and_grads, params, first, rng)
+        shapes[1].pop("carry", None)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
 
         def body(carry, xs):
             mb, i = xs
             loss, aux, grads = loss_and_grads(params, mb, jax.random.fold_in(rng, i))
+            new_carry = aux.pop("carry", None)
             w = aux["weight"]
             scaled = (loss * w, {n: (v if n == "weight" else v * w) for n, v in aux.items()},
                       jax.tree.map(lambda g: g.astype(jnp.float32) * w, grads))
-            return jax.tree.map(jnp.add, carry, scaled), None
+            return jax.tree.map(jnp.add, carry, scaled), new_carry
 
-        (loss_s, aux_s, grads_s), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(k)))
+        (loss_s, aux_s, grads_s), carries = jax.lax.scan(body, zeros, (micro, jnp.arange(k)))
         total = aux_s["weight"]
         aux = {n: (v if n == "weight" else v / total) for n, v in aux_s.items()}
+        if carries is not None:  # each micro-batch's rows back in their places
+            aux["carry"] = jax.tree.map(_join_micro, carries)
         return loss_s / total, aux, jax.tree.map(lambda g: g / total, grads_s)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
+        if state.carry is not None:  # task.carry_state: each row continues from its last window
+            batch = {**batch, "carry": state.carry}
         loss, aux, train_grads = accumulated(state.params, batch, rng)
+        new_carry = aux.pop("carry", None)
         grads = expand(state.params, train_grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -161,6 +176,8 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
             metrics["loss_z"] = jnp.nan_to_num(z, nan=0.0)
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1, ema=ema,
                                   loss_window=window)
+        if new_carry is not None:
+            new_state = new_state.replace(carry=new_carry)
         return new_state, metrics
 
     return train_step
