@@ -62,7 +62,9 @@ class Task(abc.ABC):
 
     def trainable_mask(self, params: PyTree) -> Optional[PyTree]:
         """A bool pytree marking trainable leaves (LoRA, adapters); None = all trainable."""
-        return None
+        from jaxmodels.layers import adapters
+
+        return adapters.trainable_mask(self.model, params)
 
     def load_init_from(self, params: PyTree, path: str) -> PyTree:
         """Replaces fresh params with a pretrained checkpoint (`config.init_from`)."""
