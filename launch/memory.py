@@ -5,11 +5,21 @@ prints params / optimizer / activations against memory.budget_gb.
 
 Exit status 0 when it fits, 1 when it does not, 2 for a config error.
 """
-from launch import _env  # noqa: F401  (must come before jax)
-
+import os
 import sys
 
-from jaxmodels.config import ConfigError
+# XLA:CPU has no bf16 matmul: it upcasts each bf16 weight to f32 first, and its loop-invariant
+# code motion then hoists that upcast of the whole stacked [n_layers, ...] weight out of the
+# layer scan, so a CPU compile of a bf16-stored (frozen) base counts an f32 copy of the
+# entire model that a GPU, whose matmuls read bf16, never makes. Off for this estimate
+# (a CPU host with no GPU), before jax starts; docs/adapters.md has the measurement.
+if not os.path.exists("/dev/nvidia0") and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_disable_hlo_passes=while-loop-invariant-code-motion").strip()
+
+from launch import _env  # noqa: F401,E402  (must come before jax)
+
+from jaxmodels.config import ConfigError  # noqa: E402
 
 
 def main(argv=None) -> int:

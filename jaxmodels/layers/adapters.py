@@ -87,6 +87,8 @@ def spec_from(value: Any) -> Optional[AdapterSpec]:
     """None / {} -> None; a mapping (config section) or an AdapterSpec -> AdapterSpec."""
     if value is None or isinstance(value, AdapterSpec):
         return value
+    if hasattr(value, "to_dict"):  # an ml_collections section
+        value = value.to_dict()
     if not isinstance(value, Mapping):
         raise ConfigError(f"model.adapters must be a dict of adapter settings, got {value!r}")
     if not value:
@@ -235,3 +237,12 @@ def quantize_like(loaded: Mapping, params: Mapping) -> Any:
         return out
 
     return walk(loaded, params)
+
+
+def adapters_config(**values):
+    """A config `model.adapters` section listing every AdapterSpec field (so each can be
+    overridden on the command line: --config.model.adapters.rank=32)."""
+    import ml_collections
+
+    spec = spec_from(values)  # validates now, with the config's own error messages
+    return ml_collections.ConfigDict(dataclasses.asdict(spec))
