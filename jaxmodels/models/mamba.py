@@ -238,7 +238,7 @@ class Mamba(nn.Module):
         cfg = self.cfg
         V, D = cfg.padded_vocab, cfg.d_model
         emb_VD = self.param("embedding", nn.initializers.normal(0.02), (V, D), jnp.float32)
-        x_BTD = jnp.take(emb_VD, tokens_BT, axis=0)  # residual stream in f32
+        x_BTD = jnp.take(emb_VD, tokens_BT, axis=0).astype(jnp.float32)  # residual stream in f32
         if decode_state is None:
             blocks = scan_blocks(MambaBlock, cfg.n_layer, cfg.remat, name="layers", cfg=cfg)
             x_BTD, _ = blocks(x_BTD)
