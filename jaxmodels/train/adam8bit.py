@@ -44,15 +44,28 @@ SIGNED = _dynamic_code(True)
 UNSIGNED = _dynamic_code(False)
 
 
+def _count_below(mids: np.ndarray, x: jax.Array) -> jax.Array:
+    """How many of the sorted 255 `mids` are < x (searchsorted), as an unrolled binary search
+    of elementwise steps: XLA fuses it into one pass, where jnp.searchsorted's loop would
+    hold int32 temporaries the size of the model."""
+    table = jnp.asarray(mids)
+    # The first step compares with one constant (a gather at a constant index over the whole
+    # array would be constant-folded by XLA at compile time, slowly).
+    idx = jnp.where(float(mids[127]) < x, 128, 0).astype(jnp.int32)
+    for step in (64, 32, 16, 8, 4, 2, 1):
+        probe = idx + step
+        idx = jnp.where(table[probe - 1] < x, probe, idx)
+    return idx
+
+
 def quantize(x: jax.Array, code: np.ndarray) -> dict:
     """x (any shape, f32) -> {"q": uint8[n_pad], "absmax": f32[n_pad / BLOCK]}."""
     flat = x.reshape(-1).astype(jnp.float32)
     pad = -flat.shape[0] % BLOCK
-    blocks = jnp.pad(flat, (0, pad)).reshape(-1, BLOCK)
+    blocks = (jnp.pad(flat, (0, pad)) if pad else flat).reshape(-1, BLOCK)
     absmax = jnp.max(jnp.abs(blocks), axis=1)
     scaled = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
-    mids = jnp.asarray((code[1:] + code[:-1]) / 2)
-    q = jnp.searchsorted(mids, scaled.reshape(-1)).astype(jnp.uint8)
+    q = _count_below((code[1:] + code[:-1]) / 2, scaled.reshape(-1)).astype(jnp.uint8)
     return {"q": q, "absmax": absmax}
 
 
@@ -74,11 +87,23 @@ def _quantized(p) -> bool:
 def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
     """optax.scale_by_adam with 8-bit blockwise moments (drop-in: same update rule)."""
 
+    def stacked(p) -> bool:
+        # A scanned stack [n_layers, ...]: quantised and updated layer by layer (lax.map), so
+        # the f32 temporaries of the update are one layer's, not the whole stack's.
+        return p.ndim >= 3 and _quantized(p)
+
     def init(params):
         def zeros(p, code):
-            if _quantized(p):
-                return quantize(jnp.zeros(p.shape, jnp.float32), code)
-            return jnp.zeros(p.shape, jnp.float32)
+            # All-zero moments: every index points at the code's 0 (built directly: quantising
+            # a zeros array would be constant-folded at compile time, slowly).
+            if not _quantized(p):
+                return jnp.zeros(p.shape, jnp.float32)
+            lead = p.shape[:1] if stacked(p) else ()
+            n = int(np.prod(p.shape[len(lead):]))
+            n_pad = n + (-n % BLOCK)
+            zero = int(np.searchsorted(code, 0.0))
+            return {"q": jnp.full(lead + (n_pad,), zero, jnp.uint8),
+                    "absmax": jnp.zeros(lead + (n_pad // BLOCK,), jnp.float32)}
         mu = jax.tree.map(lambda p: zeros(p, SIGNED), params)
         nu = jax.tree.map(lambda p: zeros(p, UNSIGNED), params)
         return Adam8bitState(count=jnp.zeros((), jnp.int32), mu=mu, nu=nu)
@@ -88,20 +113,26 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) ->
         count = optax.safe_increment(state.count)
         c1 = 1 - b1 ** count.astype(jnp.float32)
         c2 = 1 - b2 ** count.astype(jnp.float32)
-        treedef = jax.tree.structure(updates)
-        grads = treedef.flatten_up_to(updates)
-        mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
-        out, new_mu, new_nu = [], [], []
-        for g, m, v in zip(grads, mus, nus):
+
+        def one(g, m, v):
             g32 = g.astype(jnp.float32)
             small = not isinstance(m, dict)
             m32 = m if small else dequantize(m, SIGNED, g.shape)
             v32 = v if small else dequantize(v, UNSIGNED, g.shape)
             m32 = b1 * m32 + (1 - b1) * g32
             v32 = b2 * v32 + (1 - b2) * jnp.square(g32)
-            out.append(((m32 / c1) / (jnp.sqrt(v32 / c2) + eps)).astype(g.dtype))
-            new_mu.append(m32 if small else quantize(m32, SIGNED))
-            new_nu.append(v32 if small else quantize(v32, UNSIGNED))
+            u = ((m32 / c1) / (jnp.sqrt(v32 / c2) + eps)).astype(g.dtype)
+            return u, (m32 if small else quantize(m32, SIGNED)), (v32 if small else quantize(v32, UNSIGNED))
+
+        treedef = jax.tree.structure(updates)
+        grads = treedef.flatten_up_to(updates)
+        mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
+        out, new_mu, new_nu = [], [], []
+        for g, m, v in zip(grads, mus, nus):
+            u, m, v = jax.lax.map(lambda a: one(*a), (g, m, v)) if stacked(g) else one(g, m, v)
+            out.append(u)
+            new_mu.append(m)
+            new_nu.append(v)
         unflat = lambda xs: treedef.unflatten(xs)  # noqa: E731
         return unflat(out), Adam8bitState(count=count, mu=unflat(new_mu), nu=unflat(new_nu))
 
