@@ -1,4 +1,4 @@
-"""Full training of GPT-2 large (774M) in 12 GB: 8-bit AdamW moments, rematerialised layers.
+"""Full training of GPT-2 large (774M) aimed at 12 GB: 8-bit AdamW moments, rematerialised layers.
 
     python -m launch.memory --config configs/gpt2_large_8bit.py
     python -m launch.train --config configs/gpt2_large_8bit.py --config.data.path=<text>
@@ -7,7 +7,9 @@
 f32 params (3.1 GB) + f32 gradients (3.1 GB) + both Adam moments in 8 bits (1.6 GB instead
 of 6.2 GB; jaxmodels/train/adam8bit.py); context 1024, micro-batch 1, bf16 compute, the
 chunked cross-entropy. nanoGPT's GPT-2 recipe otherwise (lr 6e-4 -> 6e-5, betas 0.9/0.95,
-weight decay 0.1).
+weight decay 0.1). `launch.memory` (compiled for CPU) plans 15.24 GiB with the 32-way
+accumulation and 12.53 GiB at batch 1: not yet inside 12 (BENCHMARKS.md, "Largest size in
+12 GB": the optimizer step still makes full-size f32 copies).
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config
