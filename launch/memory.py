@@ -41,6 +41,15 @@ if __name__ == "__main__":  # fake devices must be asked for before jax is impor
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# XLA:CPU upcasts a bf16 weight to f32 for most ops that read it, and its loop-invariant
+# code motion then hoists that upcast of the whole stacked [n_layers, ...] weight out of the
+# layer scan, so a CPU compile of a bf16-stored (frozen) base counts an f32 copy of the
+# entire model that a GPU, whose matmuls read bf16, never makes. Off for this estimate
+# (a CPU host with no GPU), before jax starts; docs/adapters.md has the measurement.
+if not os.path.exists("/dev/nvidia0") and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_disable_hlo_passes=while-loop-invariant-code-motion").strip()
+
 from launch import _env  # noqa: F401,E402  (must come before jax)
 
 from jaxmodels.config import ConfigError  # noqa: E402

@@ -243,6 +243,24 @@ TINY: dict[str, Tiny] = {
         QLORA, "python -m launch.merge_lora --workdir runs/llama2_7b_qlora --out merged",
         "python -c \"import os; assert os.path.isfile('merged/config.json')\"",
     )),
+    "python -m launch.train --config configs/rwkv7_2p9b_lora.py:qlora_smoke": Tiny((
+        f"python -m launch.train --config configs/rwkv7_2p9b_lora.py:qlora_smoke {SMOKE_LM}",
+    ), slow=False, expect=("step 4/4",)),
+    "python -m launch.merge_adapters --workdir runs/rwkv7_2p9b_lora_qlora_smoke --out merged-rwkv7": Tiny((
+        f"python -m launch.train --config configs/rwkv7_2p9b_lora.py:qlora_smoke {SMOKE_LM}",
+        "python -m launch.merge_adapters --workdir runs/rwkv7_2p9b_lora_qlora_smoke --out merged-rwkv7",
+        # the merged weights are a plain RWKV-7 of the smoke size
+        f"python -m launch.train --config configs/rwkv7_l12_d768.py:smoke --config.init_from=merged-rwkv7 {SMOKE_LM}",
+    ), expect=("adapters merged",)),
+    "configs/mamba_2p8b_qlora.py": Tiny((f"python -m launch.train --config configs/mamba_2p8b_qlora.py:smoke {SMOKE_LM}",)),
+    "configs/rwkv7_2p9b_lora.py": Tiny((
+        f"python -m launch.train --config configs/rwkv7_2p9b_lora.py:smoke {SMOKE_LM}",
+        f"python -m launch.train --config configs/rwkv7_2p9b_lora.py:state_smoke {SMOKE_LM}",
+    )),
+    "configs/rwkv7_7b_qlora.py": Tiny((f"python -m launch.train --config configs/rwkv7_7b_qlora.py:smoke {SMOKE_LM}",)),
+    "python -m launch.train --config configs/gpt2_large_8bit.py:smoke": Tiny((
+        f"python -m launch.train --config configs/gpt2_large_8bit.py:smoke {SMOKE_LM}",
+    )),
     "configs/mamba_130m.py": Tiny((f"python -m launch.train --config configs/mamba_130m.py:smoke {SMOKE_LM}",)),
     "configs/rwkv4_169m.py": Tiny((f"python -m launch.train --config configs/rwkv4_169m.py:smoke {SMOKE_LM}",)),
     "configs/rwkv7_l12_d768.py": Tiny((f"python -m launch.train --config configs/rwkv7_l12_d768.py:smoke {SMOKE_LM}",)),

@@ -20,9 +20,14 @@ the 2-core dev VM). JAX's autodiff would feed the backward dots an f32 gradient 
 cotangent of an f32 result), which falls back to f32 again, so the bf16 path carries its
 own VJP: the gradient is rounded to bf16 and both backward dots take bf16 operands with
 f32 accumulation, as mixed precision does on a GPU. Config `kernels.matmul="bf16"` sends
-f32 models' dense matmuls the same way (operands rounded to bf16, everything else f32). Its output is named "bf16_dot" so the
-dot-saving remat policies (jaxmodels.layers.stack) keep it as they keep a plain dot. Only
-on the CPU backend: on a GPU, XLA already runs bf16 dots on the tensor cores.
+f32 models' dense matmuls the same way (operands rounded to bf16, everything else f32).
+Its output is named "bf16_dot" so the dot-saving remat policies (jaxmodels.layers.stack)
+keep it as they keep a plain dot. Only on the CPU backend: on a GPU, XLA already runs bf16
+dots on the tensor cores.
+
+Adapters: while a family traces with a `model.adapters` spec (jaxmodels/layers/adapters.py),
+a Dense whose module path the spec selects becomes a LoRA / QLoRA dense (`_adapted`):
+the same math as jaxmodels.layers.lora.LoRADense, chosen by name instead of by the family.
 """
 from __future__ import annotations
 
@@ -102,6 +107,56 @@ def linear(x_NI: jax.Array, w_IO: jax.Array, preferred_element_type: Optional[An
 class Dense(nn.Dense):
     """nn.Dense (same params, init and dtypes) whose matmul flattens the leading axes."""
     dot_general: Any = flat_dot_general
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        from jaxmodels.layers import adapters
+
+        spec = adapters.current()
+        if spec is not None:
+            path = "/".join(str(p) for p in self.scope.path)
+            if spec.lora_on(path) or spec.nf4_on(path) or spec.base_dtype != "float32":
+                return self._adapted(inputs, spec, path)
+        return super().__call__(inputs)
+
+    def _adapted(self, x: jax.Array, spec, path: str) -> jax.Array:
+        """The frozen base (f32 / bf16 "kernel" or NF4 "kernel_nf4") plus, on LoRA targets,
+        (alpha / r) x A B with B = 0 at init. Gradients never reach the base: the trainer
+        differentiates only the leaves of the trainable mask."""
+        from flax.linen.dtypes import promote_dtype
+
+        from jaxmodels.kernels import dispatch
+        from jaxmodels.layers import quant
+        from jaxmodels.layers.lora import lora_a_init
+
+        shape = (x.shape[-1], self.features)
+        nf4 = spec.nf4_on(path)
+        # Kernel before bias, as nn.Dense: flax draws init keys in creation order, so a fresh
+        # adapter model holds the same base weights as the plain model with the same seed.
+        if nf4:
+            kernel = self.param("kernel_nf4", lambda k: quant.nf4_quantize(self.kernel_init(k, shape, jnp.float32)))
+        else:
+            kernel = self.param("kernel", lambda k: self.kernel_init(k, shape, self.param_dtype)
+                                .astype(spec.storage_dtype))
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", lambda k: self.bias_init(k, (self.features,), self.param_dtype)
+                              .astype(spec.storage_dtype))
+        if nf4:
+            dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+            x, bias = promote_dtype(x, bias, dtype=dtype)
+            y = dispatch.nf4_matmul(x, kernel, shape, dtype)  # config kernels.nf4_matmul
+        else:
+            x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+            y = flat_dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+        if bias is not None:
+            y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        if spec.lora_on(path):
+            a = self.param("lora_a", lora_a_init, (shape[0], spec.rank), jnp.float32)
+            b = self.param("lora_b", nn.initializers.zeros, (spec.rank, self.features), jnp.float32)
+            h = linear(linear(x.astype(y.dtype), a.astype(y.dtype)), b.astype(y.dtype))
+            y = y + h * jnp.asarray(spec.scale, y.dtype)
+        return y
 
 
 def project_out(x_NC: jax.Array, table_VC: jax.Array, dtype=jnp.float32) -> jax.Array:

@@ -73,6 +73,10 @@ def sized_config(config_cls, sizes: Mapping[str, Mapping[str, Any]], cfg: Mappin
             raise ConfigError(f"unknown {what} size {size!r}; valid: {', '.join(sizes)}")
         values.update(sizes[size])
     values.update(cfg)
+    if "adapters" in values:  # model.adapters: a config section -> a frozen, hashable spec
+        from jaxmodels.layers.adapters import spec_from
+
+        values["adapters"] = spec_from(values["adapters"])
     return dataclass_from_dict(config_cls, values, what=f"{what} model")
 
 

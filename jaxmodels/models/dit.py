@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
+from jaxmodels.layers import adapters
 from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
 from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.embeddings import TimestepEmbedder, sincos_2d
@@ -72,6 +73,7 @@ class Config:
     dtype: str = "float32"        # compute dtype; params stay f32
     remat: str = "none"           # jaxmodels.layers.stack.REMAT_POLICIES
     scan_layers: bool = True
+    adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
 
 _DIT = {
@@ -146,6 +148,7 @@ class DiT(nn.Module):
     """The DiT / PixArt-alpha backbone; see the module docstring for the call contract."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, x_NHWC: jax.Array, t_N: jax.Array, cond: Optional[Mapping[str, jax.Array]] = None,
                  train: bool = False) -> jax.Array:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
+from jaxmodels.layers import adapters
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
 from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.dropout import Dropout
@@ -47,6 +48,7 @@ class Config(MoEFields):   # moe_* fields: jaxmodels.layers.moe (GELU experts, 4
     dtype: str = "float32"          # compute dtype: "float32" | "bfloat16"
     remat: str = "none"             # jaxmodels.layers.stack.REMAT_POLICIES
     scan_layers: bool = True        # False unrolls the layer loop (same param layout)
+    adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
     def __post_init__(self):
         check_choice("gpt", "gelu", self.gelu, GELU_KINDS)
@@ -175,6 +177,7 @@ class GPT(nn.Module):
     """GPT-2 causal LM following the contract in jaxmodels/models/__init__.py."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
                  decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jaxmodels import scan
 from jaxmodels.config import check_choice
 from jaxmodels.kernels import dispatch
+from jaxmodels.layers import adapters
 from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.norms import RMSNorm
@@ -62,6 +63,7 @@ class Config:
     remat: str = "none"             # jaxmodels.layers.stack.REMAT_POLICIES
     scan_mode: str = "auto"         # jaxmodels.scan.MODES
     scan_chunk: int = 64
+    adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
     def __post_init__(self):
         check_choice("mamba", "dtype", self.dtype, DTYPES)
@@ -224,6 +226,7 @@ class Mamba(nn.Module):
     """Mamba causal LM following the contract in jaxmodels/models/__init__.py."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
                  decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
@@ -235,7 +238,7 @@ class Mamba(nn.Module):
         cfg = self.cfg
         V, D = cfg.padded_vocab, cfg.d_model
         emb_VD = self.param("embedding", nn.initializers.normal(0.02), (V, D), jnp.float32)
-        x_BTD = jnp.take(emb_VD, tokens_BT, axis=0)  # residual stream in f32
+        x_BTD = jnp.take(emb_VD, tokens_BT, axis=0).astype(jnp.float32)  # residual stream in f32
         if decode_state is None:
             blocks = scan_blocks(MambaBlock, cfg.n_layer, cfg.remat, name="layers", cfg=cfg)
             x_BTD, _ = blocks(x_BTD)

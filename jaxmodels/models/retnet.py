@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import ConfigError, check_choice
+from jaxmodels.layers import adapters
 from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.headnorm import HeadNorm
 from jaxmodels.layers.lm_head import lm_head
@@ -60,6 +61,7 @@ class Config:
     scan_mode: str = "auto"         # jaxmodels.scan.MODES, for the recurrent form
     dtype: str = "float32"
     remat: str = "none"
+    adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
     def __post_init__(self):
         check_choice("retnet", "dtype", self.dtype, DTYPES)
@@ -235,6 +237,7 @@ class RetNet(nn.Module):
     """RetNet causal LM following the contract in jaxmodels/models/__init__.py."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
                  decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,

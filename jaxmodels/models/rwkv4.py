@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from jaxmodels import scan
 from jaxmodels.config import check_choice
+from jaxmodels.layers import adapters
 from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.norms import LayerNorm
@@ -55,6 +56,7 @@ class Config:
     remat: str = "none"             # jaxmodels.layers.stack.REMAT_POLICIES
     scan_mode: str = "auto"         # jaxmodels.scan.MODES
     scan_chunk: int = 64
+    adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
     def __post_init__(self):
         check_choice("rwkv4", "dtype", self.dtype, DTYPES)
@@ -205,6 +207,7 @@ class RWKV4(nn.Module):
     """RWKV-4 causal LM following the contract in jaxmodels/models/__init__.py."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
                  decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.kernels import dispatch
+from jaxmodels.layers import adapters
 from jaxmodels.layers.dense import Dense, linear
 from jaxmodels.layers.headnorm import HeadNorm
 from jaxmodels.layers.lm_head import lm_head
@@ -63,6 +64,7 @@ class Config:
     chunk_size: int = 16
     dtype: str = "float32"
     remat: str = "none"
+    adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
     def __post_init__(self):
         check_choice("rwkv7", "dtype", self.dtype, DTYPES)
@@ -294,6 +296,13 @@ class TimeMix(nn.Module):
         k32 = k32 * (1 + (a - 1) * vec("k_a", "k_a"))
         r_h, k_h, v_h, a_h = heads(r), heads(k32), heads(v32), heads(a)
         S0 = jnp.zeros((B, H, N, N), jnp.float32) if state is None else state["S"]
+        spec = adapters.current()
+        if spec is not None and spec.state_tuning:
+            # State tuning (RWKV-PEFT): a trained initial state per layer, the only leaf that
+            # trains; decoding starts from it too (RWKV7.__call__ adds it at pos 0).
+            state0 = self.param(adapters.STATE_LEAF, nn.initializers.zeros, (H, N, N), jnp.float32)
+            if state is None:
+                S0 = S0 + state0.astype(jnp.float32)
         wkv_args = (r_h, jnp.exp(heads(log_w)), k_h, v_h, -kk, kk * a_h, S0)
         # wkv7_chunked / wkv7_recurrent below, or the Pallas kernel with config
         # kernels.rwkv7=pallas (kernels/rwkv7.py).
@@ -349,6 +358,7 @@ class RWKV7(nn.Module):
     """RWKV-7 causal LM following the contract in jaxmodels/models/__init__.py."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
                  decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None,
@@ -365,6 +375,7 @@ class RWKV7(nn.Module):
             blocks = scan_blocks(Block, L, cfg.remat, in_axes=(0,), name="blocks", cfg=cfg)
             (x_BTC, _), _ = blocks(carry, layer_ids)
         else:
+            decode_state = self._start_from_tuned_state(decode_state, pos)
             blocks = scan_blocks(Block, L, cfg.remat if train else "none", in_axes=(0, 0), name="blocks", cfg=cfg)
             (x_BTC, _), decode_state = blocks(carry, layer_ids, decode_state)
         x_BTC = LayerNorm(eps=cfg.norm_eps, dtype=dtype, name="ln_out")(x_BTC)
@@ -374,6 +385,16 @@ class RWKV7(nn.Module):
         if decode_state is None:
             return logits
         return logits, decode_state
+
+    def _start_from_tuned_state(self, decode_state: dict, pos) -> dict:
+        """With state tuning, a decode that starts (pos == 0) starts from the trained state0."""
+        spec = adapters.spec_from(self.cfg.adapters)
+        if spec is None or not spec.state_tuning or pos is None or self.is_initializing():
+            return decode_state
+        state0 = self.variables["params"]["blocks"]["att"][adapters.STATE_LEAF].astype(jnp.float32)
+        S = decode_state["S"]
+        S = jnp.where(jnp.asarray(pos) == 0, S + state0[:, None], S)
+        return {**decode_state, "S": S}
 
     @nn.nowrap
     def init_decode_state(self, batch: int, max_len: int = 0, dtype=None) -> dict:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
+from jaxmodels.layers import adapters
 from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
 from jaxmodels.layers.conv_blocks import TORCH_INIT, AttnBlock, ResBlock, conv, group_norm
 from jaxmodels.layers.dense import Dense
@@ -65,6 +66,7 @@ class Config:
     encoder_heads: int = 4
     dtype: str = "float32"
     remat: str = "none"                      # checkpoint policy applied per ResBlock / attention
+    adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
 
 SIZES = {
@@ -88,6 +90,7 @@ class UNet(nn.Module):
     """The U-Net backbone; see the module docstring for the architecture and contract."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, x_NHWC: jax.Array, t_N: jax.Array, cond: Optional[Mapping[str, jax.Array]] = None,
                  train: bool = False) -> jax.Array:

@@ -62,7 +62,9 @@ class Task(abc.ABC):
 
     def trainable_mask(self, params: PyTree) -> Optional[PyTree]:
         """A bool pytree marking trainable leaves (LoRA, adapters); None = all trainable."""
-        return None
+        from jaxmodels.layers import adapters
+
+        return adapters.trainable_mask(self.model, params)
 
     def init_carry(self, batch_size: int) -> Optional[PyTree]:
         """State carried from one training batch to the next (tasks/carry.py), batch axis

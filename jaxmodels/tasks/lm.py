@@ -307,7 +307,7 @@ class LMTask(Task):
     def trainable_mask(self, params: PyTree) -> Optional[PyTree]:
         if hasattr(self.model, "trainable_mask"):
             return self.model.trainable_mask(params)
-        return None
+        return super().trainable_mask(params)  # model.adapters (layers/adapters.py) or None
 
     def load_init_from(self, params: PyTree, path: str) -> PyTree:
         from jaxmodels.convert.pretrained import load_pretrained, restore_into
@@ -319,7 +319,9 @@ class LMTask(Task):
         _, loaded = load_pretrained(path)
         if self.trainable_mask(params) is not None:
             # Adapters (LoRA) are not in the pretrained checkpoint: keep them fresh.
-            return merge_pretrained(params, loaded, path)
+            from jaxmodels.layers.adapters import quantize_like
+
+            return merge_pretrained(params, quantize_like(loaded, params), path)
         return restore_into(params, loaded, path)
 
     # ------------------------------------------------------------------ evaluation

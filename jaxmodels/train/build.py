@@ -37,11 +37,20 @@ def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
 
 
+def _store_frozen(task, params: PyTree, trainable: Optional[PyTree]) -> PyTree:
+    """Frozen leaves in the storage dtype `model.adapters.base_dtype` asks for (bf16 base)."""
+    from jaxmodels.layers.adapters import storage_dtype_of, store_frozen
+
+    dtype = storage_dtype_of(getattr(task, "model", None))
+    return params if dtype is None else store_frozen(params, trainable, dtype)
+
+
 def make_setup(task, cfg: ml_collections.ConfigDict) -> Setup:
     """Optimizer, schedule and abstract state (nothing allocated: jax.eval_shape only)."""
     init_key, train_key = root_keys(cfg.train.seed)
     abstract_params = jax.eval_shape(task.init_params, init_key)
     trainable = task.trainable_mask(abstract_params)
+    abstract_params = _store_frozen(task, abstract_params, trainable)
     optimizer, schedule = make_optimizer(cfg.optim, int(cfg.train.steps), trainable)
     ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)
     batch_size = int(cfg.train.batch_size)
@@ -61,6 +70,7 @@ def fresh_state(task, cfg: ml_collections.ConfigDict, setup: Setup, sharding=Non
     params = jax.jit(task.init_params, out_shardings=params_sharding)(init_key)
     if cfg.get("init_from", ""):
         params = task.load_init_from(params, cfg.init_from)
+    params = _store_frozen(task, params, setup.trainable)
     ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)
     batch_size = int(cfg.train.batch_size)
     make = jax.jit(lambda p, k: create_state(p, setup.optimizer, k, ema_decay, window,

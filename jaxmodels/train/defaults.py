@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
         eps=1e-8,
         weight_decay=0.1,       # never applied to norms, biases or any 1-D param
         clip_norm=1.0,          # global-norm clipping; 0 disables
+        kind="adamw",           # optimizer state: "adamw" (f32) | "adamw8bit" | "adafactor" (train/optim.py)
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=1000,

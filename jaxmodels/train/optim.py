@@ -1,5 +1,12 @@
 """AdamW with warmup + cosine (or constant) learning rate, global-norm clipping, weight decay
 only on matrices, and a trainable mask (LoRA/adapters) expressed as an optax mask.
+
+optim.kind picks how the per-parameter state is kept (same schedule, clipping and decay):
+  "adamw"      f32 first and second moments (8 bytes per trained parameter);
+  "adamw8bit"  both moments in 8-bit blockwise dynamic quantisation (train/adam8bit.py,
+               ~2 bytes per parameter, the update rule unchanged);
+  "adafactor"  optax's factored second moment (row + column statistics of each matrix, no
+               first moment; Shazeer & Stern 2018) with Adafactor's update clipping.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ NO_DECAY_NAMES = ("bias", "scale")
 
 
 SCHEDULES = ("constant", "cosine", "two_stage")
+KINDS = ("adamw", "adamw8bit", "adafactor")
 
 
 def _decay_steps(optim_cfg, total_steps: int) -> int:
@@ -104,6 +112,22 @@ def decay_mask(params: PyTree) -> PyTree:
         lambda path, p: bool(jnp.ndim(p) >= 2 and _leaf_name(path) not in NO_DECAY_NAMES), params)
 
 
+def _scale_by_moments(optim_cfg: ml_collections.ConfigDict) -> list:
+    """The per-parameter preconditioner optim.kind names (see the module docstring)."""
+    kind = optim_cfg.get("kind", "adamw")
+    b1, b2, eps = float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps)
+    if kind == "adamw":
+        return [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
+    if kind == "adamw8bit":
+        from jaxmodels.train.adam8bit import scale_by_adam_8bit
+
+        return [scale_by_adam_8bit(b1=b1, b2=b2, eps=eps)]
+    if kind == "adafactor":
+        # Adafactor's own defaults (decay 0.8, eps 1e-30, update RMS clipped at 1).
+        return [optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0)]
+    raise ConfigError(f"unknown optim.kind {kind!r}; valid: {', '.join(KINDS)}")
+
+
 def make_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int,
                    trainable: Optional[PyTree] = None) -> tuple[optax.GradientTransformation, Callable]:
     """Returns (optimizer, lr schedule).
@@ -115,7 +139,7 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int,
     parts = []
     if float(optim_cfg.clip_norm) > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.clip_norm)))
-    parts.append(optax.scale_by_adam(b1=float(optim_cfg.b1), b2=float(optim_cfg.b2), eps=float(optim_cfg.eps)))
+    parts.extend(_scale_by_moments(optim_cfg))
     wd = weight_decay_schedule(optim_cfg, total_steps)
     if callable(wd) or wd > 0:
         # A schedule counts optimizer updates from 0, i.e. the step (the count is checkpointed).

@@ -147,6 +147,10 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
         grads = expand(state.params, train_grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if trainable is not None:
+            # Frozen leaves pass through untouched (not p + 0): no new buffer, no f32 detour
+            # for a bf16 / NF4 base the size of the model.
+            params = jax.tree.map(lambda new, old, m: new if m else old, params, state.params, trainable)
         ema = state.ema
         if ema is not None:
             ema = update_ema(ema, params, ema_decay_at(state.step, ema_decay, ema_warmup))
