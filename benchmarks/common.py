@@ -38,6 +38,18 @@ def cpu_isa() -> str:
     return "unknown"
 
 
+def machine_tag() -> str:
+    """A short file-name tag for the CPU type ("intel_xeon", "amd_epyc", else a slug of the
+    model name): side-by-side results keep one file per machine type."""
+    import re
+
+    model = cpu_model()
+    for key, tag in (("EPYC", "amd_epyc"), ("Xeon", "intel_xeon")):
+        if key in model:
+            return tag
+    return re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_") or "unknown_cpu"
+
+
 def load_average() -> float:
     """1-minute load average (0 where the OS has none)."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

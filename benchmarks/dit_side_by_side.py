@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks.common import REPO_ROOT, machine, markdown_table, write_results
+from benchmarks.common import REPO_ROOT, machine, machine_tag, markdown_table, write_results
 
 THREADS_ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 BASE = ["model.size=dit-s/2", "model.dtype=float32", "train.batch_size=32"]
@@ -91,7 +91,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--name", default="dit_side_by_side")
+    p.add_argument("--name", default=None, help="results file name (default: dit_side_by_side_<machine type>)")
     args = p.parse_args()
     info = machine()
     runs = {"peer": [], **{k: [] for k in OURS}}
@@ -119,7 +119,7 @@ def main() -> int:
           f"1-min load average {info['load_avg_1m']} at the start; peak = "
           f"{peak / 1e9 if peak else 0:.0f} GFLOP/s\n\n" + markdown_table(header, rows))
     print(md)
-    write_results(args.name, md, {"machine": info, "runs": runs})
+    write_results(args.name or f"dit_side_by_side_{machine_tag()}", md, {"machine": info, "runs": runs})
     return 0
 
 

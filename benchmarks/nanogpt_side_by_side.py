@@ -153,7 +153,8 @@ def main() -> int:
         print(f"| (b) 6/6/384, ours with kernels.matmul=bf16, s/iter | {med(n, 's_per_iter'):.2f} | "
               f"{med(o, 's_per_iter'):.2f} | {med(o, 's_per_iter') / med(n, 's_per_iter'):.2f} |")
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "nanogpt_side_by_side.json"), "w") as f:
+    from benchmarks.common import machine_tag
+    with open(os.path.join(ROOT, "benchmarks", "results", f"nanogpt_side_by_side_{machine_tag()}.json"), "w") as f:
         json.dump(report, f, indent=2)
     return 0
 
