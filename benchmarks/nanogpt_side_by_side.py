@@ -19,6 +19,8 @@ Both run f32 on 2 threads.
 from __future__ import annotations
 
 import argparse
+import builtins
+import io
 import json
 import os
 import re
@@ -125,37 +127,36 @@ def main() -> int:
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
+    table = io.StringIO()
+
+    def print(*args, **kwargs):  # the table goes to stdout and to results/<name>.md
+        builtins.print(*args, **kwargs)
+        builtins.print(*args, file=table)
+
     m = report["machine"]
     print(f"\n{m['cpu']} ({m['cores']} cores; {m['isa']}), jax {m['jax']}, {m['date_utc']}, "
           f"1-min load average {m['load_avg_1m']} at the start")
     print("\n| comparison | nanoGPT | jaxmodels | ratio (ours / nanoGPT) |\n|---|---|---|---|")
-    if report["baby"]["ours"]:
-        n, o = report["baby"]["nanogpt"], report["baby"]["ours"]
-        print(f"| (a) baby, ms/iter (median) | {med(n, 'ms_per_iter'):.1f} | {med(o, 'ms_per_iter'):.1f} | "
-              f"{med(o, 'ms_per_iter') / med(n, 'ms_per_iter'):.2f} |")
-        print(f"| (a) baby, val loss at iter 200 | {med(n, 'val_loss'):.3f} | {med(o, 'val_loss'):.3f} | "
-              f"{med(o, 'val_loss') - med(n, 'val_loss'):+.3f} (difference) |")
-    if report["full"]["ours"]:
-        n, o = report["full"]["nanogpt"], report["full"]["ours"]
-        print(f"| (b) shakespeare_char 6/6/384, s/iter (median) | {med(n, 's_per_iter'):.2f} | "
-              f"{med(o, 's_per_iter'):.2f} | {med(o, 's_per_iter') / med(n, 's_per_iter'):.2f} |")
-        print(f"| (b) our model FLOP/s vs measured f32 matmul peak | | "
-              f"{med(o, 'model_flops_per_s') / 1e9:.0f} / {med(o, 'peak_flops_per_s') / 1e9:.0f} GFLOP/s | "
-              f"{med(o, 'model_flops_per_s') / med(o, 'peak_flops_per_s'):.2f} of peak |")
-    if report["baby"]["ours_bf16"]:
-        n, o = report["baby"]["nanogpt"], report["baby"]["ours_bf16"]
-        print(f"| (a) baby, ours with kernels.matmul=bf16, ms/iter | {med(n, 'ms_per_iter'):.1f} | "
-              f"{med(o, 'ms_per_iter'):.1f} | {med(o, 'ms_per_iter') / med(n, 'ms_per_iter'):.2f} |")
-        print(f"| (a) baby, ours with kernels.matmul=bf16, val loss at iter 200 | {med(n, 'val_loss'):.3f} | "
-              f"{med(o, 'val_loss'):.3f} | {med(o, 'val_loss') - med(n, 'val_loss'):+.3f} (difference) |")
-    if report["full"]["ours_bf16"]:
-        n, o = report["full"]["nanogpt"], report["full"]["ours_bf16"]
-        print(f"| (b) 6/6/384, ours with kernels.matmul=bf16, s/iter | {med(n, 's_per_iter'):.2f} | "
-              f"{med(o, 's_per_iter'):.2f} | {med(o, 's_per_iter') / med(n, 's_per_iter'):.2f} |")
+    for key, label in (("ours", ""), ("ours_bf16", ", ours with kernels.matmul=bf16")):
+        if report["baby"][key]:
+            n, o = report["baby"]["nanogpt"], report["baby"][key]
+            print(f"| (a) baby{label}, ms/iter (median) | {med(n, 'ms_per_iter'):.1f} | "
+                  f"{med(o, 'ms_per_iter'):.1f} | {med(o, 'ms_per_iter') / med(n, 'ms_per_iter'):.2f} |")
+            print(f"| (a) baby{label}, val loss at iter 200 | {med(n, 'val_loss'):.3f} | {med(o, 'val_loss'):.3f} | "
+                  f"{med(o, 'val_loss') - med(n, 'val_loss'):+.3f} (difference) |")
+        if report["full"][key]:
+            n, o = report["full"]["nanogpt"], report["full"][key]
+            print(f"| (b) shakespeare_char 6/6/384{label}, s/iter (median) | {med(n, 's_per_iter'):.2f} | "
+                  f"{med(o, 's_per_iter'):.2f} | {med(o, 's_per_iter') / med(n, 's_per_iter'):.2f} |")
+            print(f"| (b) our model FLOP/s{label} vs measured f32 matmul peak | | "
+                  f"{med(o, 'model_flops_per_s') / 1e9:.0f} / {med(o, 'peak_flops_per_s') / 1e9:.0f} GFLOP/s | "
+                  f"{med(o, 'model_flops_per_s') / med(o, 'peak_flops_per_s'):.2f} of peak |")
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     from benchmarks.common import machine_tag
     with open(os.path.join(ROOT, "benchmarks", "results", f"nanogpt_side_by_side_{machine_tag()}.json"), "w") as f:
         json.dump(report, f, indent=2)
+    with open(os.path.join(ROOT, "benchmarks", "results", f"nanogpt_side_by_side_{machine_tag()}.md"), "w") as f:
+        f.write(table.getvalue())
     return 0
 
 
