@@ -19,7 +19,6 @@ Both run f32 on 2 threads.
 from __future__ import annotations
 
 import argparse
-import builtins
 import io
 import json
 import os
@@ -129,26 +128,26 @@ def main() -> int:
 
     table = io.StringIO()
 
-    def print(*args, **kwargs):  # the table goes to stdout and to results/<name>.md
-        builtins.print(*args, **kwargs)
-        builtins.print(*args, file=table)
+    def out(*args):  # the table goes to stdout and to results/<name>.md
+        print(*args)
+        print(*args, file=table)
 
     m = report["machine"]
-    print(f"\n{m['cpu']} ({m['cores']} cores; {m['isa']}), jax {m['jax']}, {m['date_utc']}, "
+    out(f"\n{m['cpu']} ({m['cores']} cores; {m['isa']}), jax {m['jax']}, {m['date_utc']}, "
           f"1-min load average {m['load_avg_1m']} at the start")
-    print("\n| comparison | nanoGPT | jaxmodels | ratio (ours / nanoGPT) |\n|---|---|---|---|")
+    out("\n| comparison | nanoGPT | jaxmodels | ratio (ours / nanoGPT) |\n|---|---|---|---|")
     for key, label in (("ours", ""), ("ours_bf16", ", ours with kernels.matmul=bf16")):
         if report["baby"][key]:
             n, o = report["baby"]["nanogpt"], report["baby"][key]
-            print(f"| (a) baby{label}, ms/iter (median) | {med(n, 'ms_per_iter'):.1f} | "
+            out(f"| (a) baby{label}, ms/iter (median) | {med(n, 'ms_per_iter'):.1f} | "
                   f"{med(o, 'ms_per_iter'):.1f} | {med(o, 'ms_per_iter') / med(n, 'ms_per_iter'):.2f} |")
-            print(f"| (a) baby{label}, val loss at iter 200 | {med(n, 'val_loss'):.3f} | {med(o, 'val_loss'):.3f} | "
+            out(f"| (a) baby{label}, val loss at iter 200 | {med(n, 'val_loss'):.3f} | {med(o, 'val_loss'):.3f} | "
                   f"{med(o, 'val_loss') - med(n, 'val_loss'):+.3f} (difference) |")
         if report["full"][key]:
             n, o = report["full"]["nanogpt"], report["full"][key]
-            print(f"| (b) shakespeare_char 6/6/384{label}, s/iter (median) | {med(n, 's_per_iter'):.2f} | "
+            out(f"| (b) shakespeare_char 6/6/384{label}, s/iter (median) | {med(n, 's_per_iter'):.2f} | "
                   f"{med(o, 's_per_iter'):.2f} | {med(o, 's_per_iter') / med(n, 's_per_iter'):.2f} |")
-            print(f"| (b) our model FLOP/s{label} vs measured f32 matmul peak | | "
+            out(f"| (b) our model FLOP/s{label} vs measured f32 matmul peak | | "
                   f"{med(o, 'model_flops_per_s') / 1e9:.0f} / {med(o, 'peak_flops_per_s') / 1e9:.0f} GFLOP/s | "
                   f"{med(o, 'model_flops_per_s') / med(o, 'peak_flops_per_s'):.2f} of peak |")
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
