@@ -1,4 +1,5 @@
-"""Finding a trained run's workdir for launch.generate / sample / evaluate / merge_lora.
+"""Finding a trained run's workdir for launch.generate / sample / evaluate / merge_lora, and
+loading a run's (or a converted folder's) model for the export commands.
 
 A wrong --workdir is the most common first mistake (a variant's run lives in
 runs/<config>_<variant>): say so in one line and name the runs that do exist, instead of a
@@ -45,3 +46,14 @@ def require_run(workdir: str) -> str:
     else:
         hint = "train one first: python -m launch.train --config configs/<name>.py[:variant] (it prints its workdir)"
     raise RunNotFoundError(f"no trained run in {workdir} ({why}); {hint}")
+
+
+def load_model(workdir: str | None, hf: str | None) -> tuple[dict, dict]:
+    """(model config dict, params) of a run's newest checkpoint (EMA params when kept), or of
+    a launch.convert output / HF folder: what the export commands read."""
+    if workdir:
+        from jaxmodels.train.checkpoint import load_params
+        cfg, params = load_params(workdir, use_ema=True)
+        return cfg.model.to_dict(), params
+    from jaxmodels.convert.pretrained import load_pretrained
+    return load_pretrained(hf)

@@ -30,15 +30,10 @@ def main(argv=None) -> int:
 
     from jaxmodels.convert.bitnet import to_hf
     from jaxmodels.models import build_model
+    from launch._runs import load_model
 
     try:
-        if args.workdir:
-            from jaxmodels.train.checkpoint import load_params
-            cfg, params = load_params(args.workdir, use_ema=True)
-            model_cfg = cfg.model.to_dict()
-        else:
-            from jaxmodels.convert.pretrained import load_pretrained
-            model_cfg, params = load_pretrained(args.hf)
+        model_cfg, params = load_model(args.workdir, args.hf)
         if model_cfg.get("name") != "bitnet":
             raise ConfigError(f"model.name={model_cfg.get('name')!r}: launch.export_bitnet exports bitnet models")
         model = build_model(model_cfg)

@@ -26,15 +26,10 @@ def main(argv=None) -> int:
 
     from jaxmodels.config import ConfigError
     from jaxmodels.convert import to_hf
+    from launch._runs import load_model
 
     try:
-        if args.workdir:
-            from jaxmodels.train.checkpoint import load_params
-            cfg, params = load_params(args.workdir, use_ema=True)
-            model_cfg = cfg.model.to_dict()
-        else:
-            from jaxmodels.convert.pretrained import load_pretrained
-            model_cfg, params = load_pretrained(args.hf)
+        model_cfg, params = load_model(args.workdir, args.hf)
         to_hf(model_cfg, params, args.out)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
