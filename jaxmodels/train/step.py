@@ -145,8 +145,12 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
         loss, aux, train_grads = accumulated(state.params, batch, rng)
         new_carry = aux.pop("carry", None)
         grads = expand(state.params, train_grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        fused = getattr(optimizer, "apply_to_params", None)
+        if fused is not None:  # gradient -> new parameter leaf by leaf (train/adam8bit.py)
+            params, opt_state = fused(grads, state.opt_state, state.params)
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         if trainable is not None:
             # Frozen leaves pass through untouched (not p + 0): no new buffer, no f32 detour
             # for a bf16 / NF4 base the size of the model.
