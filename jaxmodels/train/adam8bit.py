@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmodels.train.rounding import stochastic_round
+
 BLOCK = 256
 MIN_SIZE = 4096
 
@@ -155,20 +157,21 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) ->
 
 class FusedTransformation(NamedTuple):
     """An optax transformation (init, update) that can also write the parameters itself:
-    apply_to_params(grads, state, params) -> (new params, new state), the same result as
-    update + optax.apply_updates without a full-size tree of updates in between."""
+    apply_to_params(grads, state, params, key=None) -> (new params, new state), the same
+    result as update + optax.apply_updates without a full-size tree of updates in between
+    (key: stochastic rounding of bf16-stored parameters)."""
     init: Callable
     update: Callable
     apply_to_params: Callable
 
 
 def _layer_loop(fn, n: int, grads_and_consts, carry):
-    """for i < n: carry[i] = fn(i, carry[i]) over the leading axis, in place (a while loop
+    """for i < n: carry[i] = fn(grads_and_consts[i], carry[i], i) over the leading axis, in place (a while loop
     whose carry is updated by dynamic_update_slice aliases its buffers, where lax.map would
     build the stacked result in a second buffer)."""
     def body(i, c):
         take = lambda t: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), t)  # noqa: E731
-        new = fn(take(grads_and_consts), take(c))
+        new = fn(take(grads_and_consts), take(c), i)
         return jax.tree.map(lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y.astype(x.dtype), i, 0), c, new)
     return jax.lax.fori_loop(0, n, body, carry)
 
@@ -241,17 +244,25 @@ def adamw_8bit(schedule: Callable, b1: float = 0.9, b2: float = 0.999, eps: floa
         unflat = treedef.unflatten
         return unflat(out), Adam8bitState(count=optax.safe_increment(state.count), mu=unflat(mus), nu=unflat(nus))
 
-    def apply_to_params(grads, state, params):
+    def apply_to_params(grads, state, params, key=None):
+        """key: for parameters stored in bf16, the new value is stochastically rounded
+        (train/rounding.py) with keys folded from it; without one they round to nearest."""
         c = consts(grads, state.count)
         treedef, items = leaves(grads, state, params)
         new_p, mus, nus = [], [], []
-        for g, m, v, p, decay in items:
+        for i, (g, m, v, p, decay) in enumerate(items):
             delta = step_fn(decay, c)
+            leaf_key = None if key is None or p.dtype != jnp.bfloat16 else jax.random.fold_in(key, i)
 
-            def one(g, mvp):
+            def store(x, layer):
+                if leaf_key is None:
+                    return x.astype(p.dtype)
+                return stochastic_round(x, leaf_key if layer is None else jax.random.fold_in(leaf_key, layer))
+
+            def one(g, mvp, layer=None):
                 m, v, p = mvp
                 d, m, v = delta(g, m, v, p)
-                return m, v, (p.astype(jnp.float32) + d).astype(p.dtype)
+                return m, v, store(p.astype(jnp.float32) + d, layer)
             m, v, p = _layer_loop(one, p.shape[0], g, (m, v, p)) if _stacked(g) else one(g, (m, v, p))
             new_p.append(p)
             mus.append(m)

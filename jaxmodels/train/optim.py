@@ -134,6 +134,7 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int,
     train step's fused path, train/adam8bit.py).
     """
     schedule = lr_schedule(optim_cfg, total_steps)
+    check_param_dtype(optim_cfg, trainable)
     if optim_cfg.get("kind", "adamw") == "adamw8bit":
         # One fused transformation (clip, 8-bit Adam, decay, lr): the chain below would hold
         # three full-size f32 trees in a step (train/adam8bit.py, adamw_8bit).
@@ -153,6 +154,35 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int,
         parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
     return _masked(optax.chain(*parts), trainable), schedule
+
+
+PARAM_DTYPES = ("float32", "bfloat16")
+
+
+def check_param_dtype(optim_cfg: ml_collections.ConfigDict, trainable: Optional[PyTree]) -> str:
+    """optim.param_dtype: "float32" (default) or "bfloat16" (trained params stored in bf16,
+    updated with stochastic rounding by the fused 8-bit step, train/rounding.py)."""
+    dtype = optim_cfg.get("param_dtype", "float32")
+    if dtype not in PARAM_DTYPES:
+        raise ConfigError(f"unknown optim.param_dtype {dtype!r}; valid: {', '.join(PARAM_DTYPES)}")
+    if dtype == "bfloat16" and (optim_cfg.get("kind", "adamw") != "adamw8bit" or trainable is not None):
+        raise ConfigError("optim.param_dtype='bfloat16' needs --config.optim.kind=adamw8bit and full training "
+                          "(no adapters / trainable mask): only that fused step rounds bf16 params stochastically")
+    return dtype
+
+
+def store_params(optim_cfg: ml_collections.ConfigDict, params: PyTree) -> PyTree:
+    """params in the storage dtype optim.param_dtype names (float leaves only; traceable)."""
+    if optim_cfg.get("param_dtype", "float32") != "bfloat16":
+        return params
+
+    def one(p):
+        if not jnp.issubdtype(p.dtype, jnp.floating):
+            return p
+        if isinstance(p, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(p.shape, jnp.bfloat16, sharding=p.sharding)
+        return p.astype(jnp.bfloat16)
+    return jax.tree.map(one, params)
 
 
 def _masked(adamw: optax.GradientTransformation, trainable: Optional[PyTree]) -> optax.GradientTransformation:

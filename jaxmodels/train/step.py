@@ -15,6 +15,8 @@ from jaxmodels.config import ConfigError
 from jaxmodels.train.state import TrainState, ema_decay_at, update_ema
 
 PyTree = Any
+# fold_in tag of the optimizer's random stream, apart from the micro-batches' 0..k-1.
+ROUNDING_STREAM = 0x7FFFFFFF
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict) -> Optional[Mesh]:
@@ -147,7 +149,9 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
         grads = expand(state.params, train_grads)
         fused = getattr(optimizer, "apply_to_params", None)
         if fused is not None:  # gradient -> new parameter leaf by leaf (train/adam8bit.py)
-            params, opt_state = fused(grads, state.opt_state, state.params)
+            # (the key only matters for bf16-stored params: their stochastic rounding)
+            params, opt_state = fused(grads, state.opt_state, state.params,
+                                      key=jax.random.fold_in(rng, ROUNDING_STREAM))
         else:
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
