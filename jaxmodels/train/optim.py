@@ -7,6 +7,9 @@ optim.kind picks how the per-parameter state is kept (same schedule, clipping an
                ~2 bytes per parameter, the update rule unchanged);
   "adafactor"  optax's factored second moment (row + column statistics of each matrix, no
                first moment; Shazeer & Stern 2018) with Adafactor's update clipping.
+"adamw8bit" is one fused transformation (clip, Adam, decay, lr) whose apply_to_params writes
+the parameters itself, holding no full-size update tree; it alone can keep the trained
+params in bf16 (optim.param_dtype="bfloat16") with stochastic rounding.
 """
 from __future__ import annotations
 

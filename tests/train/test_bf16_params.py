@@ -74,3 +74,27 @@ def test_toy_run_learns_with_bf16_params(tmp_path):
     from jaxmodels.train.checkpoint import load_params
     params = load_params(str(tmp_path))[1]
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.slow
+def test_exact_resume_after_kill_9_with_bf16_params(tmp_path):
+    """The rounding's random stream comes from the step's key: a run killed at step 15 and
+    resumed from its step-10 checkpoint ends bit-identical to one never stopped."""
+    import subprocess
+    import sys
+
+    from jaxmodels.config import load_config
+    from jaxmodels.train.checkpoint import Checkpointer, load_params
+    from tests.train.test_resume_lm import KILL_AT_15, _losses
+    from tests.train.util import ROOT, TOY_CONFIG, bit_identical
+
+    overrides = ["optim.kind=adamw8bit", "optim.param_dtype=bfloat16", "train.eval_every=0"]
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    train(load_config(TOY_CONFIG, overrides), straight)
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_15, "--config", TOY_CONFIG, "--workdir", killed,
+                           *[f"--config.{o}" for o in overrides]], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert Checkpointer(killed).all_steps() == [10]
+    train(load_config(TOY_CONFIG, overrides), killed)
+    assert _losses(killed) == _losses(straight) and len(_losses(straight)) >= 4
+    assert bit_identical(load_params(straight)[1], load_params(killed)[1])
