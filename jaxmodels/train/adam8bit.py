@@ -166,9 +166,9 @@ class FusedTransformation(NamedTuple):
 
 
 def _layer_loop(fn, n: int, grads_and_consts, carry):
-    """for i < n: carry[i] = fn(grads_and_consts[i], carry[i], i) over the leading axis, in place (a while loop
-    whose carry is updated by dynamic_update_slice aliases its buffers, where lax.map would
-    build the stacked result in a second buffer)."""
+    """for i < n: carry[i] = fn(grads_and_consts[i], carry[i], i) along the leading axis, in
+    place (a while loop whose carry is updated by dynamic_update_slice aliases its buffers,
+    where lax.map would build the stacked result in a second buffer)."""
     def body(i, c):
         take = lambda t: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), t)  # noqa: E731
         new = fn(take(grads_and_consts), take(c), i)
