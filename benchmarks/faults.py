@@ -63,10 +63,12 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def command(name: str, workdir: str) -> list[str]:
+def command(name: str, workdir: str, sync: bool = False) -> list[str]:
+    """sync: train.async_checkpoint=false (saves block the loop; same results, bit for bit)."""
     spec, overrides = RUNS[name]
+    sync_flag = ["train.async_checkpoint=false"] if sync else []
     return [sys.executable, "-m", "launch.train", "--config", spec, "--workdir", workdir,
-            *[f"--config.{o}" for o in overrides + COMMON]]
+            *[f"--config.{o}" for o in overrides + COMMON + sync_flag]]
 
 
 def env() -> dict:
@@ -101,7 +103,8 @@ def resumed_step(output: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: float, scratch: str) -> dict:
+def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: float, scratch: str,
+          sync: bool = False) -> dict:
     """n kill -9s at random moments, in episodes that each end with a finished run."""
     out = {"kills": 0, "episodes": 0, "resumed": 0, "exact": 0, "non_exact": 0, "max_lost": 0,
            "lost": [], "false_damaged": 0, "lock_takeovers": 0, "kill_phases": {}}
@@ -111,7 +114,7 @@ def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: fl
         out["episodes"] += 1
         reached = None
         while True:
-            proc = subprocess.Popen(command(name, workdir), cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE,
+            proc = subprocess.Popen(command(name, workdir, sync), cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
             warm = sorted(durations)[len(durations) // 2]
             # Half the kills at a random moment of the process's life (mostly imports and
@@ -220,9 +223,12 @@ def full_disk(name: str, reference: str, scratch: str) -> dict:
         else:
             cmd = command(name, workdir)
             proc = run([sys.executable, "-c", SIMULATED_FULL_DISK, *cmd[3:]], extra_env={"FAULTS_FAIL_AT": "15"})
-        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-        out["failed_cleanly"] = proc.returncode == 1 and last.startswith("error: saving checkpoint") \
-            and "Free disk space" in last
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        # exactly one line on stderr: the error (no Orbax traceback before it, nothing after)
+        out["stderr_lines"] = len(lines)
+        out["failed_cleanly"] = proc.returncode == 1 and len(lines) == 1 \
+            and last.startswith("error: saving checkpoint") and "Free disk space" in last
         out["message"] = last[:300]
         ckpts = os.path.join(workdir, "checkpoints")
         out["tmp_left"] = [d for d in os.listdir(ckpts) if "tmp" in d] if os.path.isdir(ckpts) else []
@@ -239,7 +245,8 @@ def table(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["runs"].items():
         k, d, f = r["kills"], r["damage"], r["disk"]
-        rows.append(f"| {name} | {k['kills']} | {k['resumed']} | {k['exact']}/{k['episodes']} | {k['max_lost']} | "
+        label = f"{name} (kills with sync saves)" if r.get("sync_saves") else name
+        rows.append(f"| {label} | {k['kills']} | {k['resumed']} | {k['exact']}/{k['episodes']} | {k['max_lost']} | "
                     f"{k['false_damaged']} | {d['detected']} / {d['harmless']} / {d['undetected']} | "
                     f"{d['exact_after_resume']}/{d['trials']} | "
                     f"{'yes' if f['failed_cleanly'] else 'NO'}, {'yes' if not f['tmp_left'] else 'NO'}, "
@@ -257,6 +264,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="trials per damage kind and run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="LM,DiT,LoRA")
+    parser.add_argument("--sync_saves", action="store_true",
+                        help="kill episodes run with train.async_checkpoint=false (the 1-interval bound)")
     parser.add_argument("--tag", default="", help="write faults_<tag>.json (runs split over processes)")
     parser.add_argument("--merge", default="", help="comma-separated tags: combine their results into faults.*")
     args = parser.parse_args(argv)
@@ -279,8 +288,8 @@ def main(argv=None) -> int:
         seconds = time.time() - t0
         n = n_total // len(names) + (1 if i < n_total % len(names) else 0)
         print(f"{name}: reference run {seconds:.1f} s; {n} kills", flush=True)
-        r = {"reference_seconds": round(seconds, 1)}
-        r["kills"] = kills(name, reference, n, rng, seconds, scratch)
+        r = {"reference_seconds": round(seconds, 1), "sync_saves": bool(args.sync_saves)}
+        r["kills"] = kills(name, reference, n, rng, seconds, scratch, args.sync_saves)
         print(f"  kills: {json.dumps({k: v for k, v in r['kills'].items() if k != 'lost'})}", flush=True)
         r["damage"] = damages(name, reference, rng, scratch, args.repeats)
         print(f"  damage: {json.dumps(r['damage'])}", flush=True)
