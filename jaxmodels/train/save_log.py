@@ -1,15 +1,19 @@
-"""What a failed checkpoint save prints: one line, not Orbax's background tracebacks.
+"""What a failed checkpoint save prints: one line, not the background threads' tracebacks.
 
-When a save fails in Orbax's background threads (a full disk, say), Orbax logs the error
-with its traceback from each thread that saw it (a few hundred lines), before the training
-loop learns of it and reports it as one CheckpointSaveError line. Threads of the abandoned
-save can also still print after that line: the last line of a DiT run on a full disk was
-once `RuntimeError: Event loop is closed`, from one of them at interpreter exit.
+When a save fails in Orbax's background threads (a full disk, say), the training loop
+reports it as one CheckpointSaveError line. But before that, Orbax logs the error with its
+traceback from each thread that saw it (a few hundred lines). And Orbax closes the event
+loop of the failed write while TensorStore writes are still pending; as they finish,
+TensorStore's threads try to wake the closed loop and print bare
+`RuntimeError: Event loop is closed` tracebacks to stderr, before or after the error line,
+depending on timing (a DiT run on a full disk once ended with one).
 
-So: while a save is in flight, Orbax's ERROR records are held back (`HeldOrbaxErrors`).
-A save that then succeeds releases them as they were (nothing is hidden); a failed save
-writes them to a details file that its one-line error names. `redirect_stderr_to` sends
-whatever the process still prints after that line to the same file.
+So, while a save is in flight (hold() until release()), whatever other threads print is
+held back: Orbax's ERROR log records, and writes to sys.stderr from any thread but the one
+that started the save. A save that succeeds releases it all as it was (nothing is hidden);
+a failed one writes it to a details file that its one-line error names, and later output
+from those threads goes to that file too. `redirect_stderr_to` does the same for whatever
+the process prints at interpreter exit.
 """
 from __future__ import annotations
 
@@ -28,77 +32,111 @@ def _from_orbax(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or "")
 
 
-class HeldOrbaxErrors(logging.Filter):
-    """A filter on the `absl` logger (Orbax logs through absl) that holds Orbax's ERROR
-    records instead of printing them."""
+class _HeldOutput(logging.Filter):
+    """A filter on the `absl` logger (Orbax logs through absl) holding Orbax's ERROR records,
+    and a stand-in for sys.stderr holding what other threads than `owner` write to it."""
 
-    def __init__(self):
+    def __init__(self, stderr):
         super().__init__()
         self.lock = threading.Lock()
         self.records: list[logging.LogRecord] = []
-        self.active = False
+        self.text: list[str] = []
+        self.real = stderr
+        self.owner = threading.get_ident()
+        self.details: Optional[str] = None  # after a failure: other threads write here
 
+    # -- logging.Filter
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.active or getattr(record, _PASS, False) or not _from_orbax(record):
+        if getattr(record, _PASS, False) or not _from_orbax(record):
             return True
         with self.lock:
-            if len(self.records) < 100:
+            if self.details is not None:
+                self._append(logging.Formatter().format(record) + "\n")
+            elif len(self.records) < 100:
                 self.records.append(record)
         return False
 
-    def take(self) -> list[logging.LogRecord]:
+    # -- the sys.stderr stand-in
+    def write(self, s: str) -> int:
+        if threading.get_ident() == self.owner:
+            return self.real.write(s)
         with self.lock:
-            out, self.records = self.records, []
-        return out
+            if self.details is not None:
+                self._append(s)
+            elif sum(map(len, self.text)) < 1_000_000:
+                self.text.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...
+        return getattr(self.real, name)
+
+    def _append(self, s: str) -> None:
+        try:
+            with open(self.details, "a") as f:
+                f.write(s)
+        except OSError:
+            pass
 
 
-_held: Optional[HeldOrbaxErrors] = None
+_held: Optional[_HeldOutput] = None
 _install_lock = threading.Lock()
 
 
 def hold() -> None:
-    """From now until release(): Orbax's error records are held (a save is in flight)."""
+    """From now until release() (or for good, after a failure): what other threads print
+    is held back (a save is in flight)."""
     global _held
     with _install_lock:
-        if _held is None:
-            _held = HeldOrbaxErrors()
-            logging.getLogger("absl").addFilter(_held)
-        _held.active = True
+        if _held is not None:
+            return
+        _held = _HeldOutput(sys.stderr)
+        logging.getLogger("absl").addFilter(_held)
+        sys.stderr = _held
 
 
 def release() -> None:
-    """The save went well: print what was held as it was (those records were not about a
-    failure) and stop holding."""
-    if _held is None:
-        return
-    _held.active = False
-    for record in _held.take():
+    """The save went well: print what was held, as it was (it was not about a failure), and
+    stop holding."""
+    global _held
+    with _install_lock:
+        held, _held = _held, None
+        if held is None:
+            return
+        logging.getLogger("absl").removeFilter(held)
+        if sys.stderr is held:
+            sys.stderr = held.real
+    with held.lock:
+        records, text = held.records, held.text
+        held.records, held.text = [], []
+    for record in records:
         setattr(record, _PASS, True)
         logging.getLogger("absl").handle(record)
+    if text:
+        held.real.write("".join(text))
 
 
 def write_details(error: BaseException) -> Optional[str]:
-    """Writes the held records and `error`'s traceback to a file in the temp folder (the
-    workdir's disk may be the full one); returns its path, or None if that failed too."""
-    records = _held.take() if _held is not None else []
+    """A save failed with `error`: writes what was held and its traceback to a file in the
+    temp folder (the workdir's disk may be the full one), where the save's threads go on
+    writing; returns its path, or None if it could not be written."""
     fd, path = -1, None
     try:
         fd, path = tempfile.mkstemp(prefix="jaxmodels-save-failed-", suffix=".log")
         with os.fdopen(fd, "w") as f:
             fd = -1
-            fmt = logging.Formatter("%(levelname)s %(threadName)s %(pathname)s:%(lineno)d %(message)s")
-            for record in records:
-                f.write(fmt.format(record) + "\n")
+            if _held is not None:
+                with _held.lock:
+                    fmt = logging.Formatter()
+                    f.write("".join(fmt.format(r) + "\n" for r in _held.records) + "".join(_held.text))
+                    _held.records, _held.text, _held.details = [], [], path
             f.write("".join(traceback.format_exception(error)))
         return path
     except OSError:
         if fd >= 0:
             os.close(fd)
-        if path:
-            try:
-                os.remove(path)
-            except OSError:
-                pass
         return None
 
 
