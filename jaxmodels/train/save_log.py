@@ -9,7 +9,7 @@ TensorStore's threads try to wake the closed loop and print bare
 depending on timing (a DiT run on a full disk once ended with one).
 
 So, while a save is in flight (hold() until release()), whatever other threads print is
-held back: Orbax's ERROR log records, and writes to sys.stderr from any thread but the one
+held back: Orbax's ERROR log records, other threads' warnings, and writes to sys.stderr from any thread but the one
 that started the save. A save that succeeds releases it all as it was (nothing is hidden);
 a failed one writes it to a details file that its one-line error names, and later output
 from those threads goes to that file too. `redirect_stderr_to` does the same for whatever
@@ -32,9 +32,17 @@ def _from_orbax(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or "")
 
 
+def _handlers() -> list[logging.Handler]:
+    """Where Orbax's (absl's) and asyncio's records end up: the root logger's handlers
+    (their streams were fixed when they were made, so the sys.stderr stand-in misses them)."""
+    return list(logging.getLogger().handlers)
+
+
 class _HeldOutput(logging.Filter):
-    """A filter on the `absl` logger (Orbax logs through absl) holding Orbax's ERROR records,
-    and a stand-in for sys.stderr holding what other threads than `owner` write to it."""
+    """A filter (on the `absl` logger, through which Orbax logs, and on the root handlers)
+    holding Orbax's ERROR records and other threads' warnings (asyncio's "Task was destroyed
+    but it is pending!" of the failed write, say), and a stand-in for sys.stderr holding
+    what other threads than `owner` write to it."""
 
     def __init__(self, stderr):
         super().__init__()
@@ -47,12 +55,13 @@ class _HeldOutput(logging.Filter):
 
     # -- logging.Filter
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, _PASS, False) or not _from_orbax(record):
+        other_thread = record.thread != self.owner and record.levelno >= logging.WARNING
+        if getattr(record, _PASS, False) or not (_from_orbax(record) or other_thread):
             return True
         with self.lock:
             if self.details is not None:
                 self._append(logging.Formatter().format(record) + "\n")
-            elif len(self.records) < 100:
+            elif len(self.records) < 100 and record not in self.records:  # seen by logger and handler
                 self.records.append(record)
         return False
 
@@ -94,6 +103,8 @@ def hold() -> None:
             return
         _held = _HeldOutput(sys.stderr)
         logging.getLogger("absl").addFilter(_held)
+        for handler in _handlers():
+            handler.addFilter(_held)
         sys.stderr = _held
 
 
@@ -106,6 +117,8 @@ def release() -> None:
         if held is None:
             return
         logging.getLogger("absl").removeFilter(held)
+        for handler in _handlers():
+            handler.removeFilter(held)
         if sys.stderr is held:
             sys.stderr = held.real
     with held.lock:
@@ -113,7 +126,7 @@ def release() -> None:
         held.records, held.text = [], []
     for record in records:
         setattr(record, _PASS, True)
-        logging.getLogger("absl").handle(record)
+        logging.getLogger(record.name).handle(record)
     if text:
         held.real.write("".join(text))
 
