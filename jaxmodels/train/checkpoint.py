@@ -243,8 +243,16 @@ class Checkpointer:
     def close(self) -> None:
         try:
             self.wait()
-        finally:
+        except BaseException:
+            try:
+                self.manager.close()
+            except Exception:  # Orbax raises the failed save's error once more: reported already
+                pass
+            raise
+        try:
             self.manager.close()
+        except Exception as e:
+            raise self._failed(self._saving, e) from e
 
     def restore_meta(self, step: int) -> dict:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -84,3 +84,28 @@ def test_a_full_tmpfs_prints_one_line(tmp_path, attempt):
                               cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
         _one_error_line(proc, r"\d+")
         assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d]
+
+
+class _FailedSaveManager:
+    """Stands in for Orbax's CheckpointManager after a background save failed: waiting raises
+    the error, and so does close(), once more (as Orbax does, depending on timing)."""
+
+    def wait_until_finished(self):
+        raise OSError(28, "No space left on device")
+
+    def close(self):
+        raise OSError(28, "No space left on device")
+
+
+def test_close_after_a_failed_save_raises_the_one_line_error(tmp_path):
+    from jaxmodels.train.checkpoint import CheckpointSaveError, Checkpointer
+    ckpt = Checkpointer(str(tmp_path / "run"), writer=True)
+    ckpt.manager.close()
+    ckpt.manager, ckpt._saving = _FailedSaveManager(), 40
+    with pytest.raises(CheckpointSaveError, match="saving checkpoint 40 in .* failed .*Free disk space") as first:
+        ckpt.wait()
+    with pytest.raises(CheckpointSaveError) as again:  # not Orbax's bare OSError
+        ckpt.close()
+    assert again.value is first.value
+    if first.value.details:
+        os.remove(first.value.details)
