@@ -330,15 +330,18 @@ def write(results: dict, n_total: int, seed: int, tags: list[str] | None = None)
     md = table(results)
     m = results["machine"]
     how = (f"`PYTHONPATH=. python -m benchmarks.faults --kills {n_total} --seed {seed}`" if not tags else
-           f"processes side by side, `PYTHONPATH=. python -m benchmarks.faults --runs X --kills "
-           f"{'/'.join(sorted({str(p['kills']) for p in results['parts']}))} --tag X` "
-           f"for X in {', '.join(tags)}, then `python -m benchmarks.faults --merge {','.join(tags)}`")
+           "processes side by side, " + ", ".join(
+               f"`PYTHONPATH=. python -m benchmarks.faults --runs {p['runs']} --kills {p['kills']} "
+               f"--repeats {p['repeats']} --seed {p['seed']}{' --sync_saves' if p.get('sync_saves') else ''} "
+               f"--tag {p['tag']}`" for p in results["parts"])
+           + f", then `python -m benchmarks.faults --merge {','.join(tags)}`")
     md += (f"\n\n{m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']}, {m['date_utc']}, "
            f"{results['minutes']} min. {how}\n")
     with open(os.path.join(RESULTS_DIR, "faults.md"), "w") as f:
         f.write(md)
     print(md)
-    bad = totals["undetected"] + totals["non_exact"] + totals["damage_non_exact"]
+    bad = totals["undetected"] + totals["non_exact"] + totals["damage_non_exact"] \
+        + sum(not (r["disk"]["failed_cleanly"] and r["disk"]["resumed_exact"]) for r in results["runs"].values())
     return 1 if bad else 0
 
 
