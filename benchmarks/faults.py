@@ -245,16 +245,21 @@ def table(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["runs"].items():
         k, d, f = r["kills"], r["damage"], r["disk"]
-        label = f"{name} (kills with sync saves)" if r.get("sync_saves") else name
+        label = f"{name.removesuffix(' sync')} (kills with sync saves)" if r.get("sync_saves") else name
         rows.append(f"| {label} | {k['kills']} | {k['resumed']} | {k['exact']}/{k['episodes']} | {k['max_lost']} | "
                     f"{k['false_damaged']} | {d['detected']} / {d['harmless']} / {d['undetected']} | "
                     f"{d['exact_after_resume']}/{d['trials']} | "
                     f"{'yes' if f['failed_cleanly'] else 'NO'}, {'yes' if not f['tmp_left'] else 'NO'}, "
                     f"{'yes' if f['resumed_exact'] else 'NO'} ({f['disk']}) |")
     t = results["totals"]
-    rows.append(f"| **all** | **{t['kills']}** | {t['resumed']} | {t['exact']}/{t['episodes']} | {t['max_lost']} | "
+    runs = results["runs"].values()
+    lost = " / ".join(f"{max(r['kills']['max_lost'] for r in runs if bool(r.get('sync_saves')) == sync)} ({label})"
+                      for sync, label in ((False, "async"), (True, "sync"))
+                      if any(bool(r.get("sync_saves")) == sync for r in runs))
+    disk_ok = sum(r["disk"]["failed_cleanly"] and not r["disk"]["tmp_left"] and r["disk"]["resumed_exact"] for r in runs)
+    rows.append(f"| **all** | **{t['kills']}** | {t['resumed']} | {t['exact']}/{t['episodes']} | {lost} | "
                 f"{t['false_damaged']} | {t['detected']} / {t['harmless']} / {t['undetected']} | "
-                f"{t['exact_after_resume']}/{t['damage_trials']} | |")
+                f"{t['exact_after_resume']}/{t['damage_trials']} | {disk_ok}/{len(results['runs'])} |")
     return "\n".join(rows)
 
 
@@ -311,8 +316,8 @@ def merge(tags: list[str]) -> int:
     parts = [json.load(open(os.path.join(RESULTS_DIR, f"faults_{t}.json"))) for t in tags]
     results = {"machine": parts[-1]["machine"], "parts": [p["args"] for p in parts], "runs": {},
                "minutes": max(p["minutes"] for p in parts)}
-    for p in parts:
-        results["runs"].update(p["runs"])
+    for p in parts:  # a run measured twice (async and sync saves) keeps both rows
+        results["runs"].update({f"{name} sync" if r.get("sync_saves") else name: r for name, r in p["runs"].items()})
     return write(results, sum(p["args"]["kills"] for p in parts), parts[0]["args"]["seed"], tags)
 
 
