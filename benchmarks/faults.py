@@ -1,6 +1,6 @@
 """Fault injection: does a run survive kill -9, damaged checkpoints and a full disk?
 
-    PYTHONPATH=. python -m benchmarks.faults [--kills 54] [--seed 0]
+    PYTHONPATH=. python -m benchmarks.faults [--kills 54] [--seed 0] [--sync_saves]
 
 Three smoke runs (LM: gpt_shakespeare_char, DiT: dit_small, LoRA: llama_lora_tiny), each
 first trained straight through as the reference. Then:
@@ -17,7 +17,9 @@ first trained straight through as the reference. Then:
   disk    the workdir on a small tmpfs (root only; else ENOSPC is simulated inside the
           save and the table says so): the save that fills it must fail with one line,
           leave no temporary folder, and the run copied to a normal disk must resume and
-          end bit-identical.
+          end bit-identical; stderr must hold that one line and nothing else.
+--sync_saves runs the kill episodes with train.async_checkpoint=false (at most one
+checkpoint interval lost per kill, instead of 2 intervals - 1 with async saves).
 Writes benchmarks/results/faults.json and faults.md.
 """
 from __future__ import annotations
