@@ -18,8 +18,9 @@ first trained straight through as the reference. Then:
           save and the table says so): the save that fills it must fail with one line,
           leave no temporary folder, and the run copied to a normal disk must resume and
           end bit-identical; stderr must hold that one line and nothing else.
---sync_saves runs the kill episodes with train.async_checkpoint=false (at most one
-checkpoint interval lost per kill, instead of 2 intervals - 1 with async saves).
+--sync_saves runs the kill episodes with train.async_checkpoint=false, the trainer's default
+(at most one checkpoint interval lost per kill); without it they run with
+train.async_checkpoint=true (background saves: up to 2 intervals - 1).
 Writes benchmarks/results/faults.json and faults.md.
 """
 from __future__ import annotations
@@ -68,7 +69,8 @@ sys.exit(main(sys.argv[1:]))
 def command(name: str, workdir: str, sync: bool = False) -> list[str]:
     """sync: train.async_checkpoint=false (saves block the loop; same results, bit for bit)."""
     spec, overrides = RUNS[name]
-    sync_flag = ["train.async_checkpoint=false"] if sync else []
+    # Explicit either way: the trainer's default changed (async until 2026-12-02, now sync).
+    sync_flag = [f"train.async_checkpoint={'false' if sync else 'true'}"]
     return [sys.executable, "-m", "launch.train", "--config", spec, "--workdir", workdir,
             *[f"--config.{o}" for o in overrides + COMMON + sync_flag]]
 
@@ -247,7 +249,9 @@ def table(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["runs"].items():
         k, d, f = r["kills"], r["damage"], r["disk"]
-        label = f"{name.removesuffix(' sync')} (kills with sync saves)" if r.get("sync_saves") else name
+        base, _, seed = name.partition(" seed ")
+        label = (f"{base.removesuffix(' sync')} (kills with sync saves{', seed ' + seed if seed else ''})"
+                 if r.get("sync_saves") else base + (f" (seed {seed})" if seed else ""))
         rows.append(f"| {label} | {k['kills']} | {k['resumed']} | {k['exact']}/{k['episodes']} | {k['max_lost']} | "
                     f"{k['false_damaged']} | {d['detected']} / {d['harmless']} / {d['undetected']} | "
                     f"{d['exact_after_resume']}/{d['trials']} | "
@@ -318,8 +322,12 @@ def merge(tags: list[str]) -> int:
     parts = [json.load(open(os.path.join(RESULTS_DIR, f"faults_{t}.json"))) for t in tags]
     results = {"machine": parts[-1]["machine"], "parts": [p["args"] for p in parts], "runs": {},
                "minutes": max(p["minutes"] for p in parts)}
-    for p in parts:  # a run measured twice (async and sync saves) keeps both rows
-        results["runs"].update({f"{name} sync" if r.get("sync_saves") else name: r for name, r in p["runs"].items()})
+    for p in parts:  # a run measured twice (async and sync saves, other seeds) keeps every row
+        for name, r in p["runs"].items():
+            key = f"{name} sync" if r.get("sync_saves") else name
+            if key in results["runs"]:
+                key += f" seed {p['args']['seed']}"
+            results["runs"][key] = r
     return write(results, sum(p["args"]["kills"] for p in parts), parts[0]["args"]["seed"], tags)
 
 

@@ -44,8 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
         checkpoint_every=250,
         checkpoint_minutes=10.0,  # also save when this much wall time passed since the last save (0: off)
         max_to_keep=3,
-        async_checkpoint=True,  # write checkpoints in the background; a kill then redoes < 2 intervals,
-                                # False (saves block the step loop): at most 1 interval
+        async_checkpoint=False,  # False: a save blocks the step loop until it is on disk, so a kill
+                                 # redoes at most 1 interval (nanoGPT / llm.c save this way too).
+                                 # True: write in the background while training goes on (faster
+                                 # when saves are large), a kill then redoes < 2 intervals
         ema_decay=0.0,          # 0 disables the EMA of params
         ema_warmup=False,       # decay min(ema_decay, (1+n)/(10+n)) as in DiT/timm warm-up
         eval_errors="warn",     # an eval that raises: "warn" (report, keep training) | "raise"

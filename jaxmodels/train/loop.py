@@ -190,7 +190,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     signature = model_signature(setup.abstract_params)
     state_sig = state_signature(setup.abstract_state, setup.trainable)
     meta = {"config": config_to_json(cfg), "signature": signature, "state_signature": state_sig}
-    ckpt = Checkpointer(workdir, int(tc.max_to_keep), async_save=bool(tc.get("async_checkpoint", True)),
+    ckpt = Checkpointer(workdir, int(tc.max_to_keep), async_save=bool(tc.get("async_checkpoint", False)),
                         trainable=setup.trainable, writer=is_primary())
     base_state = lambda: fresh_state(task, cfg, setup, state_sharding)  # noqa: E731
     try:
