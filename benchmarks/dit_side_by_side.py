@@ -92,24 +92,33 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--name", default=None, help="results file name (default: dit_side_by_side_<machine type>)")
+    p.add_argument("--variant", action="append", default=[], metavar="OF:OVERRIDE[,OVERRIDE...]",
+                   help="also time one of our rows with extra overrides, e.g. 1:model.scan_layers=False "
+                        "(OF: the row's 0-based index in OURS)")
     args = p.parse_args()
     info = machine()
-    runs = {"peer": [], **{k: [] for k in OURS}}
+    ours = dict(OURS)
+    for v in args.variant:
+        of, _, extra = v.partition(":")
+        label, overrides = list(OURS.items())[int(of)]
+        extra = [o for o in extra.split(",") if o]
+        ours[f"{label} + {' '.join(extra)}"] = overrides + extra
+    runs = {"peer": [], **{k: [] for k in ours}}
     for rep in range(args.repeats):
         code = PEER_CODE.format(dit=os.path.abspath(args.dit), steps=args.steps, warmup=args.warmup)
         runs["peer"].append(run([args.torch_python, "-c", code], cwd=os.path.abspath(args.dit)))
         print(f"[{rep}] peer {runs['peer'][-1]['median_step_s']:.2f} s/step", flush=True)
-        for label, overrides in OURS.items():
+        for label, overrides in ours.items():
             code = OURS_CODE.format(overrides=overrides, steps=args.steps, warmup=args.warmup)
             runs[label].append(run([sys.executable, "-c", code], cwd=REPO_ROOT))
             print(f"[{rep}] {label} {runs[label][-1]['median_step_s']:.2f} s/step", flush=True)
     peer_s = statistics.median(r["median_step_s"] for r in runs["peer"])
     ref = runs[next(iter(OURS))][0]
     flops_per_step = ref["model_flops_per_s"] * ref["median_step_s"]  # same model, same batch
-    peak = max(r["peak_flops_per_s"] or 0 for k in OURS for r in runs[k]) or None
+    peak = max(r["peak_flops_per_s"] or 0 for k in ours for r in runs[k]) or None
     rows = [["facebookresearch/DiT (PyTorch " + runs["peer"][0]["torch"] + ")", f"{peer_s:.2f}", "1.00",
              f"{flops_per_step / peer_s / 1e9:.0f}", f"{flops_per_step / peer_s / peak:.2f}" if peak else "—"]]
-    for label in OURS:
+    for label in ours:
         s = statistics.median(r["median_step_s"] for r in runs[label])
         rows.append([f"jaxmodels, {label}", f"{s:.2f}", f"{s / peer_s:.2f}", f"{flops_per_step / s / 1e9:.0f}",
                      f"{flops_per_step / s / peak:.2f}" if peak else "—"])

@@ -101,27 +101,32 @@ def main() -> int:
     p.add_argument("--skip-baby", action="store_true")
     p.add_argument("--bf16", action="store_true",
                    help="also time ours with kernels.matmul=bf16 (bf16 matmul operands, f32 accumulation)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:OVERRIDE[,OVERRIDE...]",
+                   help="also time ours with these config overrides, e.g. unrolled:model.scan_layers=False")
     args = p.parse_args()
     sys.path.insert(0, ROOT)
     from benchmarks.common import machine
-    report = {"machine": machine(), "baby": {"nanogpt": [], "ours": [], "ours_bf16": []},
-              "full": {"nanogpt": [], "ours": [], "ours_bf16": []}}
-    bf16 = ["kernels.matmul=bf16"]
+    # Our variants: row key -> config overrides ("ours" is the config as written).
+    variants = {"ours": []}
+    if args.bf16:
+        variants["ours_bf16"] = ["kernels.matmul=bf16"]
+    for v in args.variant:
+        name, _, overrides = v.partition(":")
+        variants[f"ours_{name}"] = [o for o in overrides.split(",") if o]
+    report = {"machine": machine(), "variants": variants,
+              "baby": {"nanogpt": [], **{k: [] for k in variants}},
+              "full": {"nanogpt": [], **{k: [] for k in variants}}}
     for rep in range(args.repeats):
         if not args.skip_baby:
             report["baby"]["nanogpt"].append(nanogpt_run(args, BABY_NANOGPT))
-            report["baby"]["ours"].append(ours_baby(args))
-            if args.bf16:
-                report["baby"]["ours_bf16"].append(ours_baby(args, bf16))
-            print(f"[baby {rep}] nanoGPT {report['baby']['nanogpt'][-1]}  ours {report['baby']['ours'][-1]}  "
-                  f"bf16 {report['baby']['ours_bf16'][-1:]}", flush=True)
+            for key, overrides in variants.items():
+                report["baby"][key].append(ours_baby(args, overrides))
+            print(f"[baby {rep}]", {k: v[-1] for k, v in report["baby"].items()}, flush=True)
         if not args.skip_full:
             report["full"]["nanogpt"].append(nanogpt_full(args, args.full_steps))
-            report["full"]["ours"].append(ours_full(args, args.full_steps))
-            if args.bf16:
-                report["full"]["ours_bf16"].append(ours_full(args, args.full_steps, bf16))
-            print(f"[full {rep}] nanoGPT {report['full']['nanogpt'][-1]}  ours {report['full']['ours'][-1]}  "
-                  f"bf16 {report['full']['ours_bf16'][-1:]}", flush=True)
+            for key, overrides in variants.items():
+                report["full"][key].append(ours_full(args, args.full_steps, overrides))
+            print(f"[full {rep}]", {k: v[-1] for k, v in report["full"].items()}, flush=True)
 
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
@@ -136,7 +141,8 @@ def main() -> int:
     out(f"\n{m['cpu']} ({m['cores']} cores; {m['isa']}), jax {m['jax']}, {m['date_utc']}, "
           f"1-min load average {m['load_avg_1m']} at the start")
     out("\n| comparison | nanoGPT | jaxmodels | ratio (ours / nanoGPT) |\n|---|---|---|---|")
-    for key, label in (("ours", ""), ("ours_bf16", ", ours with kernels.matmul=bf16")):
+    for key, overrides in variants.items():
+        label = f", ours with {' '.join(overrides)}" if overrides else ""
         if report["baby"][key]:
             n, o = report["baby"]["nanogpt"], report["baby"][key]
             out(f"| (a) baby{label}, ms/iter (median) | {med(n, 'ms_per_iter'):.1f} | "

@@ -38,7 +38,7 @@ from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.embeddings import TimestepEmbedder, sincos_2d
 from jaxmodels.layers.mha import MultiHeadAttention
 from jaxmodels.layers.mlp import GeluMLP
-from jaxmodels.layers.stack import remat_block, scan_blocks
+from jaxmodels.layers.stack import scan_blocks
 
 XAVIER = nn.initializers.xavier_uniform()
 ZEROS = nn.initializers.zeros
@@ -196,14 +196,11 @@ class DiT(nn.Module):
         block_c = (Dense(6 * D, dtype=dtype, kernel_init=nn.initializers.normal(0.02),
                          name="t_block")(nn.silu(t_emb)) if text else c)
         kwargs = dict(num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, text=text, dtype=dtype)
-        if cfg.scan_layers:
-            x, _ = scan_blocks(DiTBlock, cfg.depth, cfg.remat, name="blocks",
-                               in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-                               **kwargs)(x, block_c, y, y_mask)
-        else:
-            block_cls = remat_block(DiTBlock, cfg.remat)
-            for i in range(cfg.depth):
-                x, _ = block_cls(name=f"blocks_{i}", **kwargs)(x, block_c, y, y_mask)
+        # scan_layers=False unrolls the same scan (stacked params either way), as GPT does.
+        unroll = 1 if cfg.scan_layers else cfg.depth
+        x, _ = scan_blocks(DiTBlock, cfg.depth, cfg.remat, name="blocks", unroll=unroll,
+                           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                           **kwargs)(x, block_c, y, y_mask)
 
         # Final layer: adaLN-modulated norm then a zero-init linear read-out per token.
         if text:
