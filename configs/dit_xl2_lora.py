@@ -11,8 +11,8 @@ for CFG, bf16 compute, blocks rematerialised) at the XL/2 size, with LoRA rank 1
 on every Dense inside the 28 blocks (attention q/k/v and output, the MLP, the per-block adaLN
 modulation); the embedders and the final layer stay frozen, the whole frozen base in bf16.
 8-bit AdamW for the adapters, no EMA (the adapters are the small thing that trains), batch
-256 in 8 micro-batches of 32. `launch.memory` (compiled for CPU): see BENCHMARKS.md,
-"Largest size in 12 GB".
+256 in 4 micro-batches of 64. `launch.memory` (compiled for CPU): 5.90 GiB (BENCHMARKS.md,
+"Largest size in 12 GB": 2 micro-batches of 128 plan 10.28 GiB, 8 of 32 plan 3.71).
 """
 from configs import dit_b2
 from jaxmodels.config import ConfigError
@@ -29,7 +29,7 @@ def get_config(arg=None):
     c.model.adapters = adapters_config(rank=16, alpha=16.0, targets="blocks/", base_dtype="bfloat16")
     c.optim.update(lr=1e-4, min_lr=1e-5, warmup_steps=50, schedule="cosine", decay_steps=-1,
                    clip_norm=1.0, kind="adamw8bit")
-    c.train.update(steps=5000, batch_size=256, micro_batches=8, ema_decay=0.0, eval_every=1000,
+    c.train.update(steps=5000, batch_size=256, micro_batches=4, ema_decay=0.0, eval_every=1000,
                    checkpoint_every=1000)
     if arg == "smoke":
         c.model.adapters.update(rank=4, alpha=4.0, base_dtype="float32")

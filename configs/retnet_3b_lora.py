@@ -11,8 +11,8 @@ Sizes are torchscale's retnet_3b (32 layers, 2560 wide, 10 heads) and retnet_7b 
 16 heads), the paper's 2.7B and 6.7B. LoRA rank 16 (alpha 32) on every Dense (the q/k/v/g/o
 projections and the GLU FFN), the rest of the base frozen in bf16; 8-bit AdamW for the
 adapters; context 2048, micro-batch 1, layers rematerialised, chunkwise retention, the chunked
-cross-entropy. `launch.memory` (compiled for CPU): 7.46 GiB (2.7B LoRA), 7.14 GiB (6.7B QLoRA);
-BENCHMARKS.md, "Largest size in 12 GB".
+cross-entropy. `launch.memory` (compiled for CPU): 7.24 GiB (2.7B LoRA), 3.75 GiB (2.7B
+QLoRA), 7.30 GiB (6.7B QLoRA); BENCHMARKS.md, "Largest size in 12 GB".
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config
