@@ -159,6 +159,27 @@ class BitLinear(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        from jaxmodels.layers import adapters
+
+        spec = adapters.current()
+        path = "/".join(str(p) for p in self.scope.path)
+        if spec is not None and spec.nf4_on(path):
+            from jaxmodels.config import ConfigError
+            raise ConfigError("BitNet's base is ternary already: drop model.adapters.quant=nf4 (LoRA over "
+                              "the packed 2-bit base: --config.model.packed=True)")
+        y = self._base(x)
+        if spec is not None and spec.lora_on(path):
+            # LoRA beside the quantised layer, in full precision (the base stays ternary):
+            # y + (alpha / r) x A B, B = 0 at init.
+            from jaxmodels.layers.lora import lora_a_init
+
+            a = self.param("lora_a", lora_a_init, (x.shape[-1], spec.rank), jnp.float32)
+            b = self.param("lora_b", nn.initializers.zeros, (spec.rank, self.features), jnp.float32)
+            h = linear(linear(x.astype(y.dtype), a.astype(y.dtype)), b.astype(y.dtype))
+            y = y + h * jnp.asarray(spec.scale, y.dtype)
+        return y
+
+    def _base(self, x: jax.Array) -> jax.Array:
         dtype = jnp.dtype(self.dtype)
         in_features = x.shape[-1]
         if self.packed:

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
+from jaxmodels.layers import adapters
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
 from jaxmodels.layers.bitlinear import BitLinear
 from jaxmodels.layers.dense import linear, project_out
@@ -71,6 +72,7 @@ class Config:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
+    adapters: Any = None          # LoRA beside the BitLinear layers (jaxmodels.layers.adapters)
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -212,6 +214,7 @@ class BitNet(nn.Module):
     """BitNet b1.58 causal LM following the contract in jaxmodels/models/__init__.py."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
                  decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
