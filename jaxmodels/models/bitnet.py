@@ -263,7 +263,11 @@ class BitNet(nn.Module):
 
     @nn.nowrap
     def trainable_mask(self, params) -> Optional[Any]:
-        if self.cfg.packed:
+        """model.adapters' mask (only LoRA trains), else None (everything). A packed base has
+        no latent weights to train: only adapters train over it."""
+        mask = adapters.trainable_mask(self, params)
+        if self.cfg.packed and mask is None:
             raise ConfigError("packed=True is the inference layout (uint8 ternary weights): train the "
-                              "latent weights with packed=False (e.g. init_from the bf16 master checkpoint)")
-        return None
+                              "latent weights with packed=False (e.g. init_from the bf16 master checkpoint), "
+                              "or LoRA adapters over it with model.adapters")
+        return mask

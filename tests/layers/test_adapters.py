@@ -213,7 +213,7 @@ def test_bitnet_lora_beside_the_ternary_base(packed):
     # output rescale with the (zero) adapter sum and reorders it (measured: 9e-8 of ~0.2).
     np.testing.assert_allclose(out, np.asarray(base.apply({"params": _drop_adapters(params)}, tokens)),
                                rtol=0, atol=1e-6)
-    mask = adapters.trainable_mask(model, params)
+    mask = model.trainable_mask(params)  # BitNet's own (the LM task asks the model first)
     trained = [jax.tree_util.keystr(k) for k, m in jax.tree_util.tree_flatten_with_path(mask)[0] if m]
     assert trained and all("lora_" in k for k in trained)
     assert any("attn" in k for k in trained) and any("mlp" in k or "ffn" in k for k in trained), trained
