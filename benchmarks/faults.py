@@ -1,6 +1,6 @@
 """Fault injection: does a run survive kill -9, damaged checkpoints and a full disk?
 
-    PYTHONPATH=. python -m benchmarks.faults [--kills 54] [--seed 0]
+    PYTHONPATH=. python -m benchmarks.faults [--kills 54] [--seed 0] [--sync_saves]
 
 Three smoke runs (LM: gpt_shakespeare_char, DiT: dit_small, LoRA: llama_lora_tiny), each
 first trained straight through as the reference. Then:
@@ -17,7 +17,9 @@ first trained straight through as the reference. Then:
   disk    the workdir on a small tmpfs (root only; else ENOSPC is simulated inside the
           save and the table says so): the save that fills it must fail with one line,
           leave no temporary folder, and the run copied to a normal disk must resume and
-          end bit-identical.
+          end bit-identical; stderr must hold that one line and nothing else.
+--sync_saves runs the kill episodes with train.async_checkpoint=false (at most one
+checkpoint interval lost per kill, instead of 2 intervals - 1 with async saves).
 Writes benchmarks/results/faults.json and faults.md.
 """
 from __future__ import annotations
@@ -63,10 +65,12 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def command(name: str, workdir: str) -> list[str]:
+def command(name: str, workdir: str, sync: bool = False) -> list[str]:
+    """sync: train.async_checkpoint=false (saves block the loop; same results, bit for bit)."""
     spec, overrides = RUNS[name]
+    sync_flag = ["train.async_checkpoint=false"] if sync else []
     return [sys.executable, "-m", "launch.train", "--config", spec, "--workdir", workdir,
-            *[f"--config.{o}" for o in overrides + COMMON]]
+            *[f"--config.{o}" for o in overrides + COMMON + sync_flag]]
 
 
 def env() -> dict:
@@ -101,7 +105,8 @@ def resumed_step(output: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: float, scratch: str) -> dict:
+def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: float, scratch: str,
+          sync: bool = False) -> dict:
     """n kill -9s at random moments, in episodes that each end with a finished run."""
     out = {"kills": 0, "episodes": 0, "resumed": 0, "exact": 0, "non_exact": 0, "max_lost": 0,
            "lost": [], "false_damaged": 0, "lock_takeovers": 0, "kill_phases": {}}
@@ -111,7 +116,7 @@ def kills(name: str, reference: str, n: int, rng: random.Random, run_seconds: fl
         out["episodes"] += 1
         reached = None
         while True:
-            proc = subprocess.Popen(command(name, workdir), cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE,
+            proc = subprocess.Popen(command(name, workdir, sync), cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
             warm = sorted(durations)[len(durations) // 2]
             # Half the kills at a random moment of the process's life (mostly imports and
@@ -220,9 +225,12 @@ def full_disk(name: str, reference: str, scratch: str) -> dict:
         else:
             cmd = command(name, workdir)
             proc = run([sys.executable, "-c", SIMULATED_FULL_DISK, *cmd[3:]], extra_env={"FAULTS_FAIL_AT": "15"})
-        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-        out["failed_cleanly"] = proc.returncode == 1 and last.startswith("error: saving checkpoint") \
-            and "Free disk space" in last
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        # exactly one line on stderr: the error (no Orbax traceback before it, nothing after)
+        out["stderr_lines"] = len(lines)
+        out["failed_cleanly"] = proc.returncode == 1 and len(lines) == 1 \
+            and last.startswith("error: saving checkpoint") and "Free disk space" in last
         out["message"] = last[:300]
         ckpts = os.path.join(workdir, "checkpoints")
         out["tmp_left"] = [d for d in os.listdir(ckpts) if "tmp" in d] if os.path.isdir(ckpts) else []
@@ -239,15 +247,21 @@ def table(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["runs"].items():
         k, d, f = r["kills"], r["damage"], r["disk"]
-        rows.append(f"| {name} | {k['kills']} | {k['resumed']} | {k['exact']}/{k['episodes']} | {k['max_lost']} | "
+        label = f"{name.removesuffix(' sync')} (kills with sync saves)" if r.get("sync_saves") else name
+        rows.append(f"| {label} | {k['kills']} | {k['resumed']} | {k['exact']}/{k['episodes']} | {k['max_lost']} | "
                     f"{k['false_damaged']} | {d['detected']} / {d['harmless']} / {d['undetected']} | "
                     f"{d['exact_after_resume']}/{d['trials']} | "
                     f"{'yes' if f['failed_cleanly'] else 'NO'}, {'yes' if not f['tmp_left'] else 'NO'}, "
                     f"{'yes' if f['resumed_exact'] else 'NO'} ({f['disk']}) |")
     t = results["totals"]
-    rows.append(f"| **all** | **{t['kills']}** | {t['resumed']} | {t['exact']}/{t['episodes']} | {t['max_lost']} | "
+    runs = results["runs"].values()
+    lost = " / ".join(f"{max(r['kills']['max_lost'] for r in runs if bool(r.get('sync_saves')) == sync)} ({label})"
+                      for sync, label in ((False, "async"), (True, "sync"))
+                      if any(bool(r.get("sync_saves")) == sync for r in runs))
+    disk_ok = sum(r["disk"]["failed_cleanly"] and not r["disk"]["tmp_left"] and r["disk"]["resumed_exact"] for r in runs)
+    rows.append(f"| **all** | **{t['kills']}** | {t['resumed']} | {t['exact']}/{t['episodes']} | {lost} | "
                 f"{t['false_damaged']} | {t['detected']} / {t['harmless']} / {t['undetected']} | "
-                f"{t['exact_after_resume']}/{t['damage_trials']} | |")
+                f"{t['exact_after_resume']}/{t['damage_trials']} | {disk_ok}/{len(results['runs'])} |")
     return "\n".join(rows)
 
 
@@ -257,6 +271,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="trials per damage kind and run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="LM,DiT,LoRA")
+    parser.add_argument("--sync_saves", action="store_true",
+                        help="kill episodes run with train.async_checkpoint=false (the 1-interval bound)")
     parser.add_argument("--tag", default="", help="write faults_<tag>.json (runs split over processes)")
     parser.add_argument("--merge", default="", help="comma-separated tags: combine their results into faults.*")
     args = parser.parse_args(argv)
@@ -279,8 +295,8 @@ def main(argv=None) -> int:
         seconds = time.time() - t0
         n = n_total // len(names) + (1 if i < n_total % len(names) else 0)
         print(f"{name}: reference run {seconds:.1f} s; {n} kills", flush=True)
-        r = {"reference_seconds": round(seconds, 1)}
-        r["kills"] = kills(name, reference, n, rng, seconds, scratch)
+        r = {"reference_seconds": round(seconds, 1), "sync_saves": bool(args.sync_saves)}
+        r["kills"] = kills(name, reference, n, rng, seconds, scratch, args.sync_saves)
         print(f"  kills: {json.dumps({k: v for k, v in r['kills'].items() if k != 'lost'})}", flush=True)
         r["damage"] = damages(name, reference, rng, scratch, args.repeats)
         print(f"  damage: {json.dumps(r['damage'])}", flush=True)
@@ -302,8 +318,8 @@ def merge(tags: list[str]) -> int:
     parts = [json.load(open(os.path.join(RESULTS_DIR, f"faults_{t}.json"))) for t in tags]
     results = {"machine": parts[-1]["machine"], "parts": [p["args"] for p in parts], "runs": {},
                "minutes": max(p["minutes"] for p in parts)}
-    for p in parts:
-        results["runs"].update(p["runs"])
+    for p in parts:  # a run measured twice (async and sync saves) keeps both rows
+        results["runs"].update({f"{name} sync" if r.get("sync_saves") else name: r for name, r in p["runs"].items()})
     return write(results, sum(p["args"]["kills"] for p in parts), parts[0]["args"]["seed"], tags)
 
 
@@ -321,15 +337,18 @@ def write(results: dict, n_total: int, seed: int, tags: list[str] | None = None)
     md = table(results)
     m = results["machine"]
     how = (f"`PYTHONPATH=. python -m benchmarks.faults --kills {n_total} --seed {seed}`" if not tags else
-           f"processes side by side, `PYTHONPATH=. python -m benchmarks.faults --runs X --kills "
-           f"{'/'.join(sorted({str(p['kills']) for p in results['parts']}))} --tag X` "
-           f"for X in {', '.join(tags)}, then `python -m benchmarks.faults --merge {','.join(tags)}`")
+           "processes side by side, " + ", ".join(
+               f"`PYTHONPATH=. python -m benchmarks.faults --runs {p['runs']} --kills {p['kills']} "
+               f"--repeats {p['repeats']} --seed {p['seed']}{' --sync_saves' if p.get('sync_saves') else ''} "
+               f"--tag {p['tag']}`" for p in results["parts"])
+           + f", then `python -m benchmarks.faults --merge {','.join(tags)}`")
     md += (f"\n\n{m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']}, {m['date_utc']}, "
            f"{results['minutes']} min. {how}\n")
     with open(os.path.join(RESULTS_DIR, "faults.md"), "w") as f:
         f.write(md)
     print(md)
-    bad = totals["undetected"] + totals["non_exact"] + totals["damage_non_exact"]
+    bad = totals["undetected"] + totals["non_exact"] + totals["damage_non_exact"] \
+        + sum(not (r["disk"]["failed_cleanly"] and r["disk"]["resumed_exact"]) for r in results["runs"].values())
     return 1 if bad else 0
 
 

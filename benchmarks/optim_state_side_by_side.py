@@ -1,10 +1,12 @@
-"""8-bit AdamW vs f32 AdamW (and Adafactor), side by side on one CPU recipe.
+"""8-bit AdamW vs f32 AdamW (and Adafactor, and 8-bit AdamW over bf16-stored params), side by
+side on one CPU recipe.
 
     PYTHONPATH=. python benchmarks/optim_state_side_by_side.py              # 200 steps each
     PYTHONPATH=. python benchmarks/optim_state_side_by_side.py --steps 100  # quicker
 
 Trains configs/gpt_shakespeare_char.py:embedded (a 0.8M-param char GPT on the embedded byte
-corpus) once per optim.kind in this one process, identical in everything else (init seed,
+corpus) once per optim.kind ("adamw8bit+bf16": with optim.param_dtype=bfloat16, stochastic
+rounding) in this one process, identical in everything else (init seed,
 data order, schedule, clipping, weight decay). Reports the final train loss, the val loss
 on the same held-out batches, and each one's ratio to f32 AdamW. Writes
 benchmarks/results/optim_state_side_by_side.{md,json}.
@@ -22,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import REPO_ROOT, machine, markdown_table, write_results  # noqa: E402
 
 CONFIG = os.path.join(REPO_ROOT, "configs", "gpt_shakespeare_char.py") + ":embedded"
-KINDS = ("adamw", "adamw8bit", "adafactor")
+KINDS = ("adamw", "adamw8bit", "adafactor", "adamw8bit+bf16")
 
 
 def run_one(kind: str, workdir: str, steps: int) -> dict:
@@ -30,7 +32,9 @@ def run_one(kind: str, workdir: str, steps: int) -> dict:
     from jaxmodels.train.loop import train
     from jaxmodels.train.metrics import read_metrics
 
-    cfg = load_config(CONFIG, [f"optim.kind={kind}", "train.progress=False", f"train.steps={steps}",
+    optim_kind, _, storage = kind.partition("+")
+    extra = ["optim.param_dtype=bfloat16"] if storage == "bf16" else []
+    cfg = load_config(CONFIG, extra + [f"optim.kind={optim_kind}", "train.progress=False", f"train.steps={steps}",
                                f"train.eval_every={steps}", "train.checkpoint_every=0",
                                "train.checkpoint_minutes=0"])
     shutil.rmtree(workdir, ignore_errors=True)

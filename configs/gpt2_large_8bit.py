@@ -5,11 +5,12 @@
     python -m launch.train --config configs/gpt2_large_8bit.py:smoke   # tiny, embedded corpus
 
 f32 params (3.1 GB) + f32 gradients (3.1 GB) + both Adam moments in 8 bits (1.6 GB instead
-of 6.2 GB; jaxmodels/train/adam8bit.py); context 1024, micro-batch 1, bf16 compute, the
-chunked cross-entropy. nanoGPT's GPT-2 recipe otherwise (lr 6e-4 -> 6e-5, betas 0.9/0.95,
-weight decay 0.1). `launch.memory` (compiled for CPU) plans 15.24 GiB with the 32-way
-accumulation and 12.53 GiB at batch 1: not yet inside 12 (BENCHMARKS.md, "Largest size in
-12 GB": the optimizer step still makes full-size f32 copies).
+of 6.2 GB; jaxmodels/train/adam8bit.py, whose fused step writes the params leaf by leaf
+with no full-size update tree); context 1024, micro-batch 1, bf16 compute, the chunked
+cross-entropy. nanoGPT's GPT-2 recipe otherwise (lr 6e-4 -> 6e-5, betas 0.9/0.95, weight
+decay 0.1). `launch.memory` (compiled for CPU) plans 11.30 GiB with the 32-way accumulation
+and 8.44 GiB at batch 1; --config.optim.param_dtype=bfloat16 (bf16 params, stochastic
+rounding) 8.56 / 6.40 GiB (BENCHMARKS.md, "Largest size in 12 GB").
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config

@@ -93,6 +93,13 @@ def main(argv=None) -> int:
         return 1
     except OSError as e:  # CheckpointSaveError (full disk), unreadable files
         print(f"error: {e}", file=sys.stderr)
+        from jaxmodels.train.checkpoint import CheckpointSaveError
+        if isinstance(e, CheckpointSaveError) and __name__ == "__main__":
+            # The failed save's threads may still print while the process exits: that goes
+            # with the details, so the error stays the last line (a program only: a caller's
+            # stderr is left alone).
+            from jaxmodels.train.save_log import redirect_stderr_to
+            redirect_stderr_to(e.details)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the trainer caught signals
         print("\ninterrupted", file=sys.stderr)

@@ -16,12 +16,14 @@ precision matters most.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxmodels.train.rounding import stochastic_round
 
 BLOCK = 256
 MIN_SIZE = 4096
@@ -84,52 +86,66 @@ def _quantized(p) -> bool:
     return int(np.prod(p.shape)) >= MIN_SIZE
 
 
+def _stacked(p) -> bool:
+    """A scanned stack [n_layers, ...] with quantised moments: quantised and updated layer by
+    layer, so the f32 temporaries of the update are one layer's, not the whole stack's."""
+    return p.ndim >= 3 and _quantized(p)
+
+
+def _init_moments(params) -> tuple:
+    def zeros(p, code):
+        # All-zero moments: every index points at the code's 0 (built directly: quantising
+        # a zeros array would be constant-folded at compile time, slowly).
+        if not _quantized(p):
+            return jnp.zeros(p.shape, jnp.float32)
+        lead = p.shape[:1] if _stacked(p) else ()
+        n = int(np.prod(p.shape[len(lead):]))
+        n_pad = n + (-n % BLOCK)
+        zero = int(np.searchsorted(code, 0.0))
+        return {"q": jnp.full(lead + (n_pad,), zero, jnp.uint8),
+                "absmax": jnp.zeros(lead + (n_pad // BLOCK,), jnp.float32)}
+    return jax.tree.map(lambda p: zeros(p, SIGNED), params), jax.tree.map(lambda p: zeros(p, UNSIGNED), params)
+
+
+def _adam_leaf(g, m, v, b1, b2, eps, c1, c2):
+    """One leaf (or one layer of a stack): (Adam direction in f32, new m, new v), the moments
+    de-quantised, moved and re-quantised (or kept in f32 for small leaves)."""
+    g32 = g.astype(jnp.float32)
+    small = not isinstance(m, dict)
+    m32 = m if small else dequantize(m, SIGNED, g.shape)
+    v32 = v if small else dequantize(v, UNSIGNED, g.shape)
+    m32 = b1 * m32 + (1 - b1) * g32
+    v32 = b2 * v32 + (1 - b2) * jnp.square(g32)
+    u = (m32 / c1) / (jnp.sqrt(v32 / c2) + eps)
+    return u, (m32 if small else quantize(m32, SIGNED)), (v32 if small else quantize(v32, UNSIGNED))
+
+
+def _bias_corrections(count, b1, b2):
+    return 1 - b1 ** count.astype(jnp.float32), 1 - b2 ** count.astype(jnp.float32)
+
+
 def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
     """optax.scale_by_adam with 8-bit blockwise moments (drop-in: same update rule)."""
 
-    def stacked(p) -> bool:
-        # A scanned stack [n_layers, ...]: quantised and updated layer by layer (lax.map), so
-        # the f32 temporaries of the update are one layer's, not the whole stack's.
-        return p.ndim >= 3 and _quantized(p)
-
     def init(params):
-        def zeros(p, code):
-            # All-zero moments: every index points at the code's 0 (built directly: quantising
-            # a zeros array would be constant-folded at compile time, slowly).
-            if not _quantized(p):
-                return jnp.zeros(p.shape, jnp.float32)
-            lead = p.shape[:1] if stacked(p) else ()
-            n = int(np.prod(p.shape[len(lead):]))
-            n_pad = n + (-n % BLOCK)
-            zero = int(np.searchsorted(code, 0.0))
-            return {"q": jnp.full(lead + (n_pad,), zero, jnp.uint8),
-                    "absmax": jnp.zeros(lead + (n_pad // BLOCK,), jnp.float32)}
-        mu = jax.tree.map(lambda p: zeros(p, SIGNED), params)
-        nu = jax.tree.map(lambda p: zeros(p, UNSIGNED), params)
+        mu, nu = _init_moments(params)
         return Adam8bitState(count=jnp.zeros((), jnp.int32), mu=mu, nu=nu)
 
     def update(updates, state, params=None):
         del params
         count = optax.safe_increment(state.count)
-        c1 = 1 - b1 ** count.astype(jnp.float32)
-        c2 = 1 - b2 ** count.astype(jnp.float32)
+        c1, c2 = _bias_corrections(count, b1, b2)
 
         def one(g, m, v):
-            g32 = g.astype(jnp.float32)
-            small = not isinstance(m, dict)
-            m32 = m if small else dequantize(m, SIGNED, g.shape)
-            v32 = v if small else dequantize(v, UNSIGNED, g.shape)
-            m32 = b1 * m32 + (1 - b1) * g32
-            v32 = b2 * v32 + (1 - b2) * jnp.square(g32)
-            u = ((m32 / c1) / (jnp.sqrt(v32 / c2) + eps)).astype(g.dtype)
-            return u, (m32 if small else quantize(m32, SIGNED)), (v32 if small else quantize(v32, UNSIGNED))
+            u, m, v = _adam_leaf(g, m, v, b1, b2, eps, c1, c2)
+            return u.astype(g.dtype), m, v
 
         treedef = jax.tree.structure(updates)
         grads = treedef.flatten_up_to(updates)
         mus, nus = treedef.flatten_up_to(state.mu), treedef.flatten_up_to(state.nu)
         out, new_mu, new_nu = [], [], []
         for g, m, v in zip(grads, mus, nus):
-            u, m, v = jax.lax.map(lambda a: one(*a), (g, m, v)) if stacked(g) else one(g, m, v)
+            u, m, v = jax.lax.map(lambda a: one(*a), (g, m, v)) if _stacked(g) else one(g, m, v)
             out.append(u)
             new_mu.append(m)
             new_nu.append(v)
@@ -137,3 +153,121 @@ def scale_by_adam_8bit(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) ->
         return unflat(out), Adam8bitState(count=count, mu=unflat(new_mu), nu=unflat(new_nu))
 
     return optax.GradientTransformation(init, update)
+
+
+class FusedTransformation(NamedTuple):
+    """An optax transformation (init, update) that can also write the parameters itself:
+    apply_to_params(grads, state, params, key=None) -> (new params, new state), the same
+    result as update + optax.apply_updates without a full-size tree of updates in between
+    (key: stochastic rounding of bf16-stored parameters)."""
+    init: Callable
+    update: Callable
+    apply_to_params: Callable
+
+
+def _layer_loop(fn, n: int, grads_and_consts, carry):
+    """for i < n: carry[i] = fn(grads_and_consts[i], carry[i], i) along the leading axis, in
+    place (a while loop whose carry is updated by dynamic_update_slice aliases its buffers,
+    where lax.map would build the stacked result in a second buffer)."""
+    def body(i, c):
+        take = lambda t: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), t)  # noqa: E731
+        new = fn(take(grads_and_consts), take(c), i)
+        return jax.tree.map(lambda x, y: jax.lax.dynamic_update_index_in_dim(x, y.astype(x.dtype), i, 0), c, new)
+    return jax.lax.fori_loop(0, n, body, carry)
+
+
+def adamw_8bit(schedule: Callable, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+               clip_norm: float = 0.0, weight_decay: Union[float, Callable] = 0.0,
+               decay_mask: Optional[Callable] = None) -> FusedTransformation:
+    """The whole AdamW step with 8-bit moments as one transformation: global-norm clipping
+    (clip_norm > 0), the Adam direction, decoupled weight decay where decay_mask(params) is
+    True, and the learning rate `schedule(count)`; the same arithmetic as
+    optax.chain(clip_by_global_norm, scale_by_adam_8bit, add_decayed_weights,
+    scale_by_learning_rate).
+
+    Chained, each stage returns a full-size f32 tree and the layer-by-layer 8-bit update
+    needs its input and output materialised, so a step holds gradients, clipped gradients and
+    updates, three f32 copies of the model. Here the clip factor is a scalar computed first,
+    and apply_to_params walks each leaf (a stacked leaf layer by layer, in place) from
+    gradient to new parameter: only the gradients are full-size.
+    """
+
+    def init(params):
+        mu, nu = _init_moments(params)
+        return Adam8bitState(count=jnp.zeros((), jnp.int32), mu=mu, nu=nu)
+
+    def consts(grads, count):
+        """(clip factor, lr, weight decay, c1, c2), scalars for this step; count = updates so far."""
+        if clip_norm > 0:
+            norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)))
+            factor = jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
+        else:
+            factor = jnp.float32(1.0)
+        lr = jnp.asarray(schedule(count), jnp.float32)
+        wd = jnp.asarray(weight_decay(count) if callable(weight_decay) else weight_decay, jnp.float32)
+        c1, c2 = _bias_corrections(optax.safe_increment(count), b1, b2)
+        return factor, lr, wd, c1, c2
+
+    def leaves(grads, state, params):
+        treedef = jax.tree.structure(params)
+        mask = (decay_mask(params) if decay_mask is not None
+                else jax.tree.map(lambda _: False, params))
+        flat = lambda t: treedef.flatten_up_to(t)  # noqa: E731
+        return treedef, list(zip(flat(grads), flat(state.mu), flat(state.nu), flat(params), flat(mask)))
+
+    def step_fn(decay, c):
+        factor, lr, wd, c1, c2 = c
+
+        def delta(g, m, v, p):
+            u, m, v = _adam_leaf(g * factor, m, v, b1, b2, eps, c1, c2)
+            if decay:
+                u = u + wd * p.astype(jnp.float32)
+            return -lr * u, m, v
+        return delta
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("adamw_8bit needs params (weight decay reads them)")
+        c = consts(grads, state.count)
+        treedef, items = leaves(grads, state, params)
+        out, mus, nus = [], [], []
+        for g, m, v, p, decay in items:
+            delta = step_fn(decay, c)
+
+            def one(a):
+                d, m, v = delta(*a)
+                return d.astype(a[3].dtype), m, v
+            u, m, v = jax.lax.map(one, (g, m, v, p)) if _stacked(g) else one((g, m, v, p))
+            out.append(u)
+            mus.append(m)
+            nus.append(v)
+        unflat = treedef.unflatten
+        return unflat(out), Adam8bitState(count=optax.safe_increment(state.count), mu=unflat(mus), nu=unflat(nus))
+
+    def apply_to_params(grads, state, params, key=None):
+        """key: for parameters stored in bf16, the new value is stochastically rounded
+        (train/rounding.py) with keys folded from it; without one they round to nearest."""
+        c = consts(grads, state.count)
+        treedef, items = leaves(grads, state, params)
+        new_p, mus, nus = [], [], []
+        for i, (g, m, v, p, decay) in enumerate(items):
+            delta = step_fn(decay, c)
+            leaf_key = None if key is None or p.dtype != jnp.bfloat16 else jax.random.fold_in(key, i)
+
+            def store(x, layer):
+                if leaf_key is None:
+                    return x.astype(p.dtype)
+                return stochastic_round(x, leaf_key if layer is None else jax.random.fold_in(leaf_key, layer))
+
+            def one(g, mvp, layer=None):
+                m, v, p = mvp
+                d, m, v = delta(g, m, v, p)
+                return m, v, store(p.astype(jnp.float32) + d, layer)
+            m, v, p = _layer_loop(one, p.shape[0], g, (m, v, p)) if _stacked(g) else one(g, (m, v, p))
+            new_p.append(p)
+            mus.append(m)
+            nus.append(v)
+        unflat = treedef.unflatten
+        return unflat(new_p), Adam8bitState(count=optax.safe_increment(state.count), mu=unflat(mus), nu=unflat(nus))
+
+    return FusedTransformation(init, update, apply_to_params)

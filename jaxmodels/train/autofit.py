@@ -1,10 +1,12 @@
 """Auto-fit: the fastest plan that fits the memory budget (memory.auto_fit=True, or
 `python -m launch.memory --fit`).
 
-A plan sets four levers that trade speed for memory and change nothing the run computes
-(up to float rounding): train.micro_batches (gradient accumulation), model.remat (what the
-backward pass recomputes), the optimizer-state format, and the recurrent families' scan
-chunk (model.scan_chunk / model.chunk_size). Plans are tried from the fastest down, each
+A plan sets four levers that trade speed for memory: train.micro_batches (gradient
+accumulation), model.remat (what the backward pass recomputes), the optimizer-state format,
+and the recurrent families' scan chunk (model.scan_chunk / model.chunk_size). All but the
+state format change nothing the run computes (up to float rounding); 8-bit moments change
+the updates slightly (BENCHMARKS.md, "Lean optimizer state": val loss x1.0004 of f32 AdamW's
+on the char-GPT recipe). Plans are tried from the fastest down, each
 compiled on abstract shapes (train/memory.estimate: nothing allocated), and the first that
 fits the budget (the allocator's cap, jaxmodels/budget.py) wins.
 
@@ -16,7 +18,13 @@ not to overfill):
   micro      each extra micro-batch re-reads every weight and runs smaller kernels: x (1 + 0.05
              per extra micro-batch), an estimate that makes 8 micro-batches cost about what
              full remat does.
-  optimizer  leaner formats de/quantise the moments every step (OPTIMIZER_STATE_CHOICES).
+  optimizer  leaner formats de/quantise the moments every step (OPTIMIZER_STATE_CHOICES):
+             8-bit AdamW x 1.06, an estimate. Its extra work is elementwise (an 8-step
+             binary search into the code and a gather back, per moment value) on top of a step
+             whose cost is the model's matmuls; the char-GPT side-by-side run measured no
+             slowdown on a CPU, but that model is small and its host loaded. The value puts
+             8-bit just after two micro-batches (x 1.05) and before any remat (x 1.1), so
+             f32 state wins every tie.
   chunk      no speed model: the configured chunk first, then twice, then half of it.
 Every plan cheaper than the answer keeps more in memory on some lever, so each has to be
 compiled to know it does not fit; `max_compiles` bounds the search.
@@ -35,11 +43,13 @@ from jaxmodels.train.memory import GiB, MemoryBudgetError, MemoryReport
 # (policy, relative step time), from least to most recomputation (= least to most saved memory).
 REMAT_CHOICES = (("none", 1.0), ("dots_with_no_batch_dims_saveable", 1.1), ("nothing_saveable", 4 / 3))
 MICRO_BATCH_OVERHEAD = 0.05
-# Optimizer-state formats, per `optim` field: [(value, relative step time)] from the biggest
-# state to the leanest. A field is searched only when the config has it; this trainer's optim
-# section has no state-format field yet (f32 AdamW moments only), so nothing is searched. An
-# 8-bit or factored option adds one line here, e.g. "state_format": (("f32", 1.0), ("int8", 1.03)).
-OPTIMIZER_STATE_CHOICES: dict[str, tuple[tuple[str, float], ...]] = {}
+# Optimizer-state formats: {(optim field, the value configured): [(value, relative step time)]}
+# from the biggest state to the leanest; searched only when the config has that value (a
+# config that asks for Adafactor or 8-bit state keeps it). f32 AdamW may become 8-bit AdamW,
+# the same update rule (train/adam8bit.py); Adafactor is a different optimizer, never swapped in.
+OPTIMIZER_STATE_CHOICES: dict[tuple[str, str], tuple[tuple[str, float], ...]] = {
+    ("kind", "adamw"): (("adamw", 1.0), ("adamw8bit", 1.06)),
+}
 CHUNK_KEYS = ("scan_chunk", "chunk_size")
 
 
@@ -73,8 +83,8 @@ def levers(cfg: ml_collections.ConfigDict) -> list[Lever]:
     if "remat" in model:
         out.append(Lever("model.remat", REMAT_CHOICES))
     optim = cfg.get("optim") or {}
-    for key, choices in OPTIMIZER_STATE_CHOICES.items():
-        if key in optim:
+    for (key, now), choices in OPTIMIZER_STATE_CHOICES.items():
+        if optim.get(key, None) == now:
             out.append(Lever(f"optim.{key}", choices))
     for key in CHUNK_KEYS:
         if key in model and isinstance(model[key], int) and model[key] >= 1:

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import optax
 
-from jaxmodels.train.optim import make_optimizer
+from jaxmodels.train.optim import make_optimizer, store_params
 from jaxmodels.train.state import TrainState, create_state
 
 PyTree = Any
@@ -52,6 +52,7 @@ def make_setup(task, cfg: ml_collections.ConfigDict) -> Setup:
     trainable = task.trainable_mask(abstract_params)
     abstract_params = _store_frozen(task, abstract_params, trainable)
     optimizer, schedule = make_optimizer(cfg.optim, int(cfg.train.steps), trainable)
+    abstract_params = store_params(cfg.optim, abstract_params)
     ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)
     batch_size = int(cfg.train.batch_size)
     abstract_state = jax.eval_shape(lambda p, k: create_state(p, optimizer, k, ema_decay, window,
@@ -70,7 +71,7 @@ def fresh_state(task, cfg: ml_collections.ConfigDict, setup: Setup, sharding=Non
     params = jax.jit(task.init_params, out_shardings=params_sharding)(init_key)
     if cfg.get("init_from", ""):
         params = task.load_init_from(params, cfg.init_from)
-    params = _store_frozen(task, params, setup.trainable)
+    params = store_params(cfg.optim, _store_frozen(task, params, setup.trainable))
     ema_decay, window = float(cfg.train.ema_decay), loss_window_size(cfg.train)
     batch_size = int(cfg.train.batch_size)
     make = jax.jit(lambda p, k: create_state(p, setup.optimizer, k, ema_decay, window,

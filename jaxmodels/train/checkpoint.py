@@ -19,7 +19,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from jaxmodels.config import ConfigError
-from jaxmodels.train import integrity
+from jaxmodels.train import integrity, save_log
 
 PyTree = Any
 log = logging.getLogger(__name__)
@@ -136,7 +136,12 @@ class NoGoodCheckpointError(ConfigError, FileNotFoundError):
 
 
 class CheckpointSaveError(OSError):
-    """A save failed (e.g. a full disk); its temporary folder was removed."""
+    """A save failed (e.g. a full disk); its temporary folder was removed. `details`: a file
+    with Orbax's tracebacks of the failure (None if it could not be written)."""
+
+    def __init__(self, message: str, details: Optional[str] = None):
+        super().__init__(message)
+        self.details = details
 
 
 def frozen_fingerprint(params: PyTree, trainable: Optional[PyTree]) -> Optional[str]:
@@ -176,6 +181,7 @@ class Checkpointer:
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
         self._saving: Optional[int] = None
+        self._error: Optional[CheckpointSaveError] = None
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -188,15 +194,22 @@ class Checkpointer:
         return removed
 
     def _failed(self, step: Optional[int], error: Exception) -> CheckpointSaveError:
-        """Cleans up after a failed save and says what is kept."""
+        """Cleans up after a failed save and says what is kept, in one line; Orbax's own
+        tracebacks of it go to a details file the line names (see save_log). The same error
+        again for later calls (close() waits on the failed save once more)."""
+        if self._error is not None:
+            return self._error
+        details = save_log.write_details(error)
         removed = self._remove_tmp() if self.writer else []
         folder = checkpoint_dir(self.workdir)
         kept = sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
-        return CheckpointSaveError(
+        self._error = CheckpointSaveError(
             f"saving checkpoint {step} in {checkpoint_dir(self.workdir)} failed ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:200] if str(error) else ''}); "
             f"{'removed its temporary folder; ' if removed else ''}"
-            f"kept checkpoints: {kept or 'none'}. Free disk space and run the same command again.")
+            f"kept checkpoints: {kept or 'none'}. Free disk space and run the same command again."
+            f"{f' (details: {details})' if details else ''}", details)
+        return self._error
 
     def save(self, step: int, state: PyTree, data_iter, meta: dict) -> None:
         """Starts an (async) save; the iterator state and the checksums are captured now."""
@@ -213,6 +226,7 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         items["meta"] = ocp.args.JsonSave(integrity.seal_meta({**meta, **extra}))
         self.wait()  # the previous async save's error (e.g. a full disk) is reported as its own
+        save_log.hold()  # until wait() says how it went: Orbax's tracebacks of a failure are held
         try:
             self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
         except Exception as e:  # e.g. ENOSPC, or the previous async save's error
@@ -224,12 +238,21 @@ class Checkpointer:
             self.manager.wait_until_finished()
         except Exception as e:
             raise self._failed(self._saving, e) from e
+        save_log.release()
 
     def close(self) -> None:
         try:
             self.wait()
-        finally:
+        except BaseException:
+            try:
+                self.manager.close()
+            except Exception:  # Orbax raises the failed save's error once more: reported already
+                pass
+            raise
+        try:
             self.manager.close()
+        except Exception as e:
+            raise self._failed(self._saving, e) from e
 
     def restore_meta(self, step: int) -> dict:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
         weight_decay=0.1,       # never applied to norms, biases or any 1-D param
         clip_norm=1.0,          # global-norm clipping; 0 disables
         kind="adamw",           # optimizer state: "adamw" (f32) | "adamw8bit" | "adafactor" (train/optim.py)
+        param_dtype="float32",  # "bfloat16": trained params stored in bf16, stochastic rounding (adamw8bit only)
     ))
     c.train = ml_collections.ConfigDict(dict(
         steps=1000,

@@ -7,6 +7,9 @@ optim.kind picks how the per-parameter state is kept (same schedule, clipping an
                ~2 bytes per parameter, the update rule unchanged);
   "adafactor"  optax's factored second moment (row + column statistics of each matrix, no
                first moment; Shazeer & Stern 2018) with Adafactor's update clipping.
+"adamw8bit" is one fused transformation (clip, Adam, decay, lr) whose apply_to_params writes
+the parameters itself, holding no full-size update tree; it alone can keep the trained
+params in bf16 (optim.param_dtype="bfloat16") with stochastic rounding.
 """
 from __future__ import annotations
 
@@ -118,10 +121,6 @@ def _scale_by_moments(optim_cfg: ml_collections.ConfigDict) -> list:
     b1, b2, eps = float(optim_cfg.b1), float(optim_cfg.b2), float(optim_cfg.eps)
     if kind == "adamw":
         return [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
-    if kind == "adamw8bit":
-        from jaxmodels.train.adam8bit import scale_by_adam_8bit
-
-        return [scale_by_adam_8bit(b1=b1, b2=b2, eps=eps)]
     if kind == "adafactor":
         # Adafactor's own defaults (decay 0.8, eps 1e-30, update RMS clipped at 1).
         return [optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0)]
@@ -134,8 +133,20 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int,
 
     trainable: bool pytree (from task.trainable_mask) or None for "everything trains".
     Frozen leaves go through optax.set_to_zero, so they keep no Adam moments.
+    With optim.kind="adamw8bit" and no mask the optimizer also has apply_to_params (the
+    train step's fused path, train/adam8bit.py).
     """
     schedule = lr_schedule(optim_cfg, total_steps)
+    check_param_dtype(optim_cfg, trainable)
+    if optim_cfg.get("kind", "adamw") == "adamw8bit":
+        # One fused transformation (clip, 8-bit Adam, decay, lr): the chain below would hold
+        # three full-size f32 trees in a step (train/adam8bit.py, adamw_8bit).
+        from jaxmodels.train.adam8bit import adamw_8bit
+
+        adamw = adamw_8bit(schedule, b1=float(optim_cfg.b1), b2=float(optim_cfg.b2), eps=float(optim_cfg.eps),
+                           clip_norm=float(optim_cfg.clip_norm),
+                           weight_decay=weight_decay_schedule(optim_cfg, total_steps), decay_mask=decay_mask)
+        return _masked(adamw, trainable), schedule
     parts = []
     if float(optim_cfg.clip_norm) > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.clip_norm)))
@@ -145,8 +156,40 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict, total_steps: int,
         # A schedule counts optimizer updates from 0, i.e. the step (the count is checkpointed).
         parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
     parts.append(optax.scale_by_learning_rate(schedule))
-    adamw = optax.chain(*parts)
+    return _masked(optax.chain(*parts), trainable), schedule
+
+
+PARAM_DTYPES = ("float32", "bfloat16")
+
+
+def check_param_dtype(optim_cfg: ml_collections.ConfigDict, trainable: Optional[PyTree]) -> str:
+    """optim.param_dtype: "float32" (default) or "bfloat16" (trained params stored in bf16,
+    updated with stochastic rounding by the fused 8-bit step, train/rounding.py)."""
+    dtype = optim_cfg.get("param_dtype", "float32")
+    if dtype not in PARAM_DTYPES:
+        raise ConfigError(f"unknown optim.param_dtype {dtype!r}; valid: {', '.join(PARAM_DTYPES)}")
+    if dtype == "bfloat16" and (optim_cfg.get("kind", "adamw") != "adamw8bit" or trainable is not None):
+        raise ConfigError("optim.param_dtype='bfloat16' needs --config.optim.kind=adamw8bit and full training "
+                          "(no adapters / trainable mask): only that fused step rounds bf16 params stochastically")
+    return dtype
+
+
+def store_params(optim_cfg: ml_collections.ConfigDict, params: PyTree) -> PyTree:
+    """params in the storage dtype optim.param_dtype names (float leaves only; traceable)."""
+    if optim_cfg.get("param_dtype", "float32") != "bfloat16":
+        return params
+
+    def one(p):
+        if not jnp.issubdtype(p.dtype, jnp.floating):
+            return p
+        if isinstance(p, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(p.shape, jnp.bfloat16, sharding=p.sharding)
+        return p.astype(jnp.bfloat16)
+    return jax.tree.map(one, params)
+
+
+def _masked(adamw: optax.GradientTransformation, trainable: Optional[PyTree]) -> optax.GradientTransformation:
     if trainable is None:
-        return adamw, schedule
+        return adamw
     labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable)
-    return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels), schedule
+    return optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels)

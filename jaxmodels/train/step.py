@@ -15,6 +15,8 @@ from jaxmodels.config import ConfigError
 from jaxmodels.train.state import TrainState, ema_decay_at, update_ema
 
 PyTree = Any
+# fold_in tag of the optimizer's random stream, apart from the micro-batches' 0..k-1.
+ROUNDING_STREAM = 0x7FFFFFFF
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict) -> Optional[Mesh]:
@@ -145,8 +147,14 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
         loss, aux, train_grads = accumulated(state.params, batch, rng)
         new_carry = aux.pop("carry", None)
         grads = expand(state.params, train_grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        fused = getattr(optimizer, "apply_to_params", None)
+        if fused is not None:  # gradient -> new parameter leaf by leaf (train/adam8bit.py)
+            # (the key only matters for bf16-stored params: their stochastic rounding)
+            params, opt_state = fused(grads, state.opt_state, state.params,
+                                      key=jax.random.fold_in(rng, ROUNDING_STREAM))
+        else:
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         if trainable is not None:
             # Frozen leaves pass through untouched (not p + 0): no new buffer, no f32 detour
             # for a bf16 / NF4 base the size of the model.

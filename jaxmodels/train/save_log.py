@@ -1,0 +1,167 @@
+"""What a failed checkpoint save prints: one line, not the background threads' tracebacks.
+
+When a save fails in Orbax's background threads (a full disk, say), the training loop
+reports it as one CheckpointSaveError line. But before that, Orbax logs the error with its
+traceback from each thread that saw it (a few hundred lines). And Orbax closes the event
+loop of the failed write while TensorStore writes are still pending; as they finish,
+TensorStore's threads try to wake the closed loop and print bare
+`RuntimeError: Event loop is closed` tracebacks to stderr, before or after the error line,
+depending on timing (a DiT run on a full disk once ended with one).
+
+So, while a save is in flight (hold() until release()), whatever other threads print is
+held back: Orbax's ERROR log records, other threads' warnings, and writes to sys.stderr from any thread but the one
+that started the save. A save that succeeds releases it all as it was (nothing is hidden);
+a failed one writes it to a details file that its one-line error names, and later output
+from those threads goes to that file too. `redirect_stderr_to` does the same for whatever
+the process prints at interpreter exit.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+import traceback
+from typing import Optional
+
+_PASS = "_jaxmodels_released"  # set on a record released after a good save: let it through
+
+
+def _from_orbax(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+
+
+def _handlers() -> list[logging.Handler]:
+    """Where Orbax's (absl's) and asyncio's records end up: the root logger's handlers
+    (their streams were fixed when they were made, so the sys.stderr stand-in misses them)."""
+    return list(logging.getLogger().handlers)
+
+
+class _HeldOutput(logging.Filter):
+    """A filter (on the `absl` logger, through which Orbax logs, and on the root handlers)
+    holding Orbax's ERROR records and other threads' warnings (asyncio's "Task was destroyed
+    but it is pending!" of the failed write, say), and a stand-in for sys.stderr holding
+    what other threads than `owner` write to it."""
+
+    def __init__(self, stderr):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.records: list[logging.LogRecord] = []
+        self.text: list[str] = []
+        self.real = stderr
+        self.owner = threading.get_ident()
+        self.details: Optional[str] = None  # after a failure: other threads write here
+
+    # -- logging.Filter
+    def filter(self, record: logging.LogRecord) -> bool:
+        other_thread = record.thread != self.owner and record.levelno >= logging.WARNING
+        if getattr(record, _PASS, False) or not (_from_orbax(record) or other_thread):
+            return True
+        with self.lock:
+            if self.details is not None:
+                self._append(logging.Formatter().format(record) + "\n")
+            elif len(self.records) < 100 and record not in self.records:  # seen by logger and handler
+                self.records.append(record)
+        return False
+
+    # -- the sys.stderr stand-in
+    def write(self, s: str) -> int:
+        if threading.get_ident() == self.owner:
+            return self.real.write(s)
+        with self.lock:
+            if self.details is not None:
+                self._append(s)
+            elif sum(map(len, self.text)) < 1_000_000:
+                self.text.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...
+        return getattr(self.real, name)
+
+    def _append(self, s: str) -> None:
+        try:
+            with open(self.details, "a") as f:
+                f.write(s)
+        except OSError:
+            pass
+
+
+_held: Optional[_HeldOutput] = None
+_install_lock = threading.Lock()
+
+
+def hold() -> None:
+    """From now until release() (or for good, after a failure): what other threads print
+    is held back (a save is in flight)."""
+    global _held
+    with _install_lock:
+        if _held is not None:
+            return
+        _held = _HeldOutput(sys.stderr)
+        logging.getLogger("absl").addFilter(_held)
+        for handler in _handlers():
+            handler.addFilter(_held)
+        sys.stderr = _held
+
+
+def release() -> None:
+    """The save went well: print what was held, as it was (it was not about a failure), and
+    stop holding."""
+    global _held
+    with _install_lock:
+        held, _held = _held, None
+        if held is None:
+            return
+        logging.getLogger("absl").removeFilter(held)
+        for handler in _handlers():
+            handler.removeFilter(held)
+        if sys.stderr is held:
+            sys.stderr = held.real
+    with held.lock:
+        records, text = held.records, held.text
+        held.records, held.text = [], []
+    for record in records:
+        setattr(record, _PASS, True)
+        logging.getLogger(record.name).handle(record)
+    if text:
+        held.real.write("".join(text))
+
+
+def write_details(error: BaseException) -> Optional[str]:
+    """A save failed with `error`: writes what was held and its traceback to a file in the
+    temp folder (the workdir's disk may be the full one), where the save's threads go on
+    writing; returns its path, or None if it could not be written."""
+    fd, path = -1, None
+    try:
+        fd, path = tempfile.mkstemp(prefix="jaxmodels-save-failed-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            fd = -1
+            if _held is not None:
+                with _held.lock:
+                    fmt = logging.Formatter()
+                    f.write("".join(fmt.format(r) + "\n" for r in _held.records) + "".join(_held.text))
+                    _held.records, _held.text, _held.details = [], [], path
+            f.write("".join(traceback.format_exception(error)))
+        return path
+    except OSError:
+        if fd >= 0:
+            os.close(fd)
+        return None
+
+
+def redirect_stderr_to(path: Optional[str]) -> None:
+    """From now on the process's stderr (file descriptor 2, so also threads and interpreter
+    exit) appends to `path` (or is discarded when path is None). For a command that has
+    printed its one-line error and is about to exit: a failed save's threads may still be
+    finishing, and what they print belongs with the details, not after the error."""
+    try:
+        sys.stderr.flush()
+        target = os.open(path or os.devnull, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if path else 0))
+        os.dup2(target, 2)
+        os.close(target)
+    except OSError:
+        pass
