@@ -10,7 +10,7 @@ Every Dense of the 64 blocks is stored in NF4 (jaxmodels/layers/quant.py); LoRA 
 in_proj and out_proj (the two large projections); everything else (embedding, conv, A_log,
 norms) is a frozen bf16 base. Context 2048, micro-batch 1, layers rematerialised, the
 chunked cross-entropy (no full [2048, 50280] f32 logits). `launch.memory` (compiled for
-CPU): 4.22 GiB.
+CPU): 3.82 GiB.
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config

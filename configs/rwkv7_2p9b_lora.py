@@ -11,7 +11,7 @@ RWKV-PEFT's settings: LoRA rank 32 (alpha 32) on the time-mix receptance / key /
 output and the channel-mix key / value; context 1024, micro-batch 1; the frozen base in
 bf16 (`:qlora`: its Dense kernels in NF4). `:state` trains only the initial WKV state of
 every layer (RWKV-PEFT "state tuning", 32 x 40 heads x 64 x 64 numbers).
-`launch.memory` (compiled for CPU): 8.57 GiB (LoRA), 5.09 GiB (`:qlora`).
+`launch.memory` (compiled for CPU): 7.56 GiB (LoRA), 4.08 GiB (`:qlora`).
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.text import lm_data_config

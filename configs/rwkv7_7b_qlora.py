@@ -6,7 +6,7 @@
 
 The recipe of configs/rwkv7_2p9b_lora.py (LoRA rank 32 on the time-mix r/k/v/o and the
 channel-mix k/v, context 1024, micro-batch 1) with every block Dense in NF4 and the rest of
-the frozen base in bf16. `launch.memory` (compiled for CPU): 9.56 GiB.
+the frozen base in bf16. `launch.memory` (compiled for CPU): 7.85 GiB.
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.train.defaults import base_config

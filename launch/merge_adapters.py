@@ -32,6 +32,10 @@ def merge_run(workdir: str, out: str) -> dict:
     if spec is None:
         raise ConfigError(f"the run in {workdir} has no model.adapters to merge (LLaMA lora_rank runs: "
                           f"python -m launch.merge_lora)")
+    if cfg.model.name == "bitnet" and cfg.model.get("quant", "b1.58") == "b1.58":
+        # W + alpha/r A B is no longer ternary: re-quantising it is another model.
+        raise ConfigError("BitNet's LoRA sits beside a ternary base and does not fold into it; keep the "
+                          "adapter run (launch.generate --workdir) or train with --config.model.quant=none")
     base_cfg = ml_collections.ConfigDict(cfg.to_dict())
     base_cfg.model.adapters = None
     base_cfg.init_from = ""

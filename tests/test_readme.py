@@ -258,6 +258,10 @@ TINY: dict[str, Tiny] = {
         f"python -m launch.train --config configs/rwkv7_2p9b_lora.py:state_smoke {SMOKE_LM}",
     )),
     "configs/rwkv7_7b_qlora.py": Tiny((f"python -m launch.train --config configs/rwkv7_7b_qlora.py:smoke {SMOKE_LM}",)),
+    "configs/retnet_3b_lora.py": Tiny((f"python -m launch.train --config configs/retnet_3b_lora.py:smoke {SMOKE_LM}",)),
+    "configs/dit_xl2_lora.py": Tiny((MY_IMAGES, ENCODE, "python -m launch.train --config configs/dit_xl2_lora.py:smoke "
+                                     "--config.data.path=data/my_latents --config.train.steps=2 "
+                                     "--config.train.checkpoint_every=2")),
     "python -m launch.train --config configs/gpt2_large_8bit.py:smoke": Tiny((
         f"python -m launch.train --config configs/gpt2_large_8bit.py:smoke {SMOKE_LM}",
     )),

@@ -123,6 +123,25 @@ def bitlinear(x: jax.Array, w_IO: jax.Array, dtype=jnp.float32) -> jax.Array:
     return _bitlinear(x, w_IO, jnp.dtype(dtype))
 
 
+@jax.custom_jvp
+def _round_clip_ste(x: jax.Array) -> jax.Array:
+    """clip(round(x)) to the 8-bit range, whose derivative is the identity (the straight-through
+    estimator; also at the clip bound, which the token's absmax element sits on)."""
+    return jnp.clip(jnp.round(x), ACT_QMIN, ACT_QMAX)
+
+
+_round_clip_ste.defjvp(lambda primals, tangents: (_round_clip_ste(primals[0]), tangents[0]))
+
+
+def act_quant_ste(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """act_quant's values, differentiable as bitlinear's backward treats them: rounding as the
+    identity and the scale s_x a constant, so d(x_q / s_x)/dx = 1."""
+    x32 = x.astype(jnp.float32)
+    s_x = jax.lax.stop_gradient(ACT_QMAX / jnp.maximum(jnp.max(jnp.abs(x32), axis=-1, keepdims=True),
+                                                       SCALE_FLOOR))
+    return _round_clip_ste(x32 * s_x), s_x
+
+
 def packed_bitlinear(x: jax.Array, packed_PI: jax.Array, weight_scale: jax.Array, out_features: int,
                      dtype=jnp.float32) -> jax.Array:
     """Inference from packed weights: y = (x_q @ W_q^T) * weight_scale / s_x, f32 out.
@@ -131,9 +150,10 @@ def packed_bitlinear(x: jax.Array, packed_PI: jax.Array, weight_scale: jax.Array
     output feature i*r + j (r = ceil(out/4)), so the matmul runs as four [r, in] blocks, each
     unpacked in XLA right before its dot (shift, mask, convert: fusible into the dot's
     operand read) and the four outputs concatenated, so no unpacked copy of the whole
-    matrix is needed.
+    matrix is needed. Differentiable in x with the straight-through gradient of the latent
+    layer (dx = g W~^T), so LoRA adapters before a packed layer train (model.adapters).
     """
-    x_q, s_x = act_quant(x)
+    x_q, s_x = act_quant_ste(x)
     x_q = x_q.astype(dtype)
     outs = []
     for i in range(4):
@@ -159,6 +179,27 @@ class BitLinear(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        from jaxmodels.layers import adapters
+
+        spec = adapters.current()
+        path = "/".join(str(p) for p in self.scope.path)
+        if spec is not None and spec.nf4_on(path):
+            from jaxmodels.config import ConfigError
+            raise ConfigError("BitNet's base is ternary already: drop model.adapters.quant=nf4 (LoRA over "
+                              "the packed 2-bit base: --config.model.packed=True)")
+        y = self._base(x)
+        if spec is not None and spec.lora_on(path):
+            # LoRA beside the quantised layer, in full precision (the base stays ternary):
+            # y + (alpha / r) x A B, B = 0 at init.
+            from jaxmodels.layers.lora import lora_a_init
+
+            a = self.param("lora_a", lora_a_init, (x.shape[-1], spec.rank), jnp.float32)
+            b = self.param("lora_b", nn.initializers.zeros, (spec.rank, self.features), jnp.float32)
+            h = linear(linear(x.astype(y.dtype), a.astype(y.dtype)), b.astype(y.dtype))
+            y = y + h * jnp.asarray(spec.scale, y.dtype)
+        return y
+
+    def _base(self, x: jax.Array) -> jax.Array:
         dtype = jnp.dtype(self.dtype)
         in_features = x.shape[-1]
         if self.packed:

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
+from jaxmodels.layers import adapters
 from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
 from jaxmodels.layers.bitlinear import BitLinear
 from jaxmodels.layers.dense import linear, project_out
@@ -71,6 +72,7 @@ class Config:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
+    adapters: Any = None          # LoRA beside the BitLinear layers (jaxmodels.layers.adapters)
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -212,6 +214,7 @@ class BitNet(nn.Module):
     """BitNet b1.58 causal LM following the contract in jaxmodels/models/__init__.py."""
     cfg: Config
 
+    @adapters.scoped
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, train: bool = False,
                  decode_state: Optional[dict] = None, pos: Optional[jax.Array] = None):
@@ -260,7 +263,11 @@ class BitNet(nn.Module):
 
     @nn.nowrap
     def trainable_mask(self, params) -> Optional[Any]:
-        if self.cfg.packed:
+        """model.adapters' mask (only LoRA trains), else None (everything). A packed base has
+        no latent weights to train: only adapters train over it."""
+        mask = adapters.trainable_mask(self, params)
+        if self.cfg.packed and mask is None:
             raise ConfigError("packed=True is the inference layout (uint8 ternary weights): train the "
-                              "latent weights with packed=False (e.g. init_from the bf16 master checkpoint)")
-        return None
+                              "latent weights with packed=False (e.g. init_from the bf16 master checkpoint), "
+                              "or LoRA adapters over it with model.adapters")
+        return mask

@@ -248,7 +248,9 @@ class RetNet(nn.Module):
         B, T = tokens_BT.shape
         dtype = cfg.compute_dtype
         emb_VD = self.param("embed", nn.initializers.normal(D ** -0.5), (V, D), jnp.float32)
-        x_BTD = jnp.take(emb_VD, tokens_BT, axis=0)
+        # The residual stream is f32 (the layer scan's carry), also when adapters store the
+        # frozen embedding in bf16.
+        x_BTD = jnp.take(emb_VD, tokens_BT, axis=0).astype(jnp.float32)
         if cfg.scale_embedding:
             x_BTD = x_BTD * math.sqrt(D)
         start = jnp.zeros((), jnp.int32) if pos is None else jnp.asarray(pos, jnp.int32)

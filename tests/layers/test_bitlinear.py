@@ -113,3 +113,8 @@ def test_packed_layer_equals_latent_layer():
     layer = BitLinear(12, packed=True)
     out = layer.apply({"params": {"packed": jnp.asarray(packed), "weight_scale": 1.0 / s_w}}, x)
     np.testing.assert_allclose(np.asarray(out), np.asarray(y), rtol=1e-6)
+    # The gradient w.r.t. x is the latent layer's straight-through one (LoRA trains before it).
+    r = jax.random.normal(jax.random.key(8), y.shape)
+    dx_packed = jax.grad(lambda v: jnp.sum(packed_bitlinear(v, jnp.asarray(packed), 1.0 / s_w, 12) * r))(x)
+    dx_latent = jax.grad(lambda v: jnp.sum(bitlinear(v, w) * r))(x)
+    np.testing.assert_allclose(np.asarray(dx_packed), np.asarray(dx_latent), rtol=1e-5, atol=1e-6)
