@@ -31,8 +31,8 @@ def get_config(arg=None):
                                num_threads=2, prefetch=4)
     c.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=20, schedule="cosine", b1=0.9, b2=0.99,
                    weight_decay=0.0, clip_norm=1.0)
-    c.train.update(steps=600, batch_size=16, log_every=25, eval_every=300, eval_batches=2,
-                   checkpoint_every=200, ema_decay=0.0)
+    c.train.update(steps=1500, batch_size=16, log_every=50, eval_every=500, eval_batches=2,
+                   checkpoint_every=500, ema_decay=0.0)
     c.memory.check = False
     if arg == "smoke":
         c.model.update(block_out_channels=(8, 16), norm_num_groups=4)
