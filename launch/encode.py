@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tfds-data-dir", default="", help="tfds data_dir (default ~/tensorflow_datasets)")
     parser.add_argument("--split", default="train", help="tfds split")
     parser.add_argument("--out", required=True, help="output shard folder (resumed if it exists)")
-    parser.add_argument("--vae", default="", help="diffusers AutoencoderKL folder; none: store pixels")
+    parser.add_argument("--vae", default="", help="diffusers AutoencoderKL folder (or a configs/vae_small.py-style "
+                        "training run); none: store pixels")
     parser.add_argument("--image-size", type=int, default=256, help="resize shorter side + center crop")
     parser.add_argument("--flip", default="none", help="none | random | both (image and mirror)")
     parser.add_argument("--sample", action="store_true", help="store a draw of the latent, not its mean")

@@ -44,7 +44,7 @@ def test_unknown_variant_and_missing_file():
 
 def test_unknown_task_lists_valid_names():
     cfg = load_config(TOY, ["task.name=classify"])
-    with pytest.raises(ConfigError, match="unknown task.name 'classify'; valid: diffusion, lm"):
+    with pytest.raises(ConfigError, match="unknown task.name 'classify'; valid: autoencoder, diffusion, lm"):
         build_task(cfg)
     cfg.task.name = "tests.train.toy_task:NoSuchTask"
     with pytest.raises(ConfigError, match="has no class 'NoSuchTask'"):

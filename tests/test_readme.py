@@ -142,6 +142,10 @@ ENCODE = ("python -m launch.encode --images data/my_images --vae {fixtures}/vae 
 DIT_B2_CPU = ("python -m launch.train --config configs/dit_b2.py:cpu --config.data.path=data/my_latents "
               f"--config.data.vae={{fixtures}}/vae {QUICK} {SMALL_CPU_DIT} --config.train.batch_size=4 "
               "--config.task.eval_samples=8 --config.task.sample_steps=2 --config.train.eval_batches=0")
+# configs/vae_small.py trained 2 steps on the same folder (its eval exports runs/vae_small/vae).
+VAE_SMALL = ("python -m launch.train --config configs/vae_small.py --config.data.path=data/my_images "
+             f"{QUICK} --config.train.eval_every=2 --config.train.batch_size=4 --config.data.val_size=4 "
+             "--config.task.eval_images=4 --config.train.eval_batches=1")
 FID_WEIGHTS = ("python -c \"import sys; sys.path.insert(0, '{fixtures}'); from inception_weights import state_dict; "
                "from safetensors.numpy import save_file; save_file(state_dict(), 'fid_inception.safetensors')\"")
 
@@ -188,6 +192,16 @@ TINY: dict[str, Tiny] = {
         "python -m launch.evaluate --fid --workdir runs/dit_b2_cpu --ref data/my_images --num 8 --steps 2 "
         "--inception fid_inception.safetensors --batch-size 8",
     ), expect=("fid",)),
+    "python -m launch.train --config configs/vae_small.py --config.data.path=data/my_images": Tiny((
+        MY_IMAGES, VAE_SMALL,
+        "python -c \"import json; assert json.load(open('runs/vae_small/vae/config.json'))['scaling_factor'] > 0\"",
+    ), slow=False, expect=("scaling_factor",)),
+    "python -m launch.encode --images data/my_images --vae runs/vae_small --out data/my_latents "
+    "--image-size 32": Tiny((
+        MY_IMAGES, VAE_SMALL,
+        "python -m launch.encode --images data/my_images --vae runs/vae_small --out data/my_latents "
+        "--image-size 32 --batch-size 8 --shard-size 16 --no-progress",
+    ), expect=("wrote 48 items", "--config.data.vae=runs/vae_small")),
     "python -m launch.train --config configs/sd_light.py:smoke": Tiny((
         f"python -m launch.train --config configs/sd_light.py:smoke {QUICK}",
     )),

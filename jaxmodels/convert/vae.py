@@ -2,7 +2,8 @@
 
     model, params = load_vae("path/to/sd-vae-ft-mse")        # or a folder with vae/ inside
 
-Also reads our own `save_pretrained` folders (jaxmodels_model.json) whose model name is "vae".
+`save_diffusers` writes the reverse (a VAE trained by tasks/autoencoder.py as a diffusers
+folder). Also reads our own `save_pretrained` folders (jaxmodels_model.json) whose model name is "vae".
 PyTorch layouts: conv weights [O, I, kh, kw] -> [kh, kw, I, O]; linear [O, I] -> [I, O];
 attention's to_q / to_k / to_v are concatenated into the fused qkv kernel (single head);
 checkpoints from before diffusers 0.14 name them query / key / value / proj_attn.
@@ -10,6 +11,7 @@ checkpoints from before diffusers 0.14 name them query / key / value / proj_attn
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 
@@ -133,13 +135,17 @@ def params_from_folder(folder: str, cfg: vae_model.Config, prefix: str = "") -> 
 
 
 def load_vae(path: str, dtype: str = "float32") -> tuple[vae_model.AutoencoderKL, dict]:
-    """(AutoencoderKL module, f32 params) from a diffusers AutoencoderKL folder (or a diffusers
-    pipeline folder holding vae/), or from our own save_pretrained folder of a "vae"."""
+    """(AutoencoderKL module, f32 params) from a diffusers AutoencoderKL folder (or a folder
+    holding vae/: a diffusers pipeline, or an autoencoder training run, whose evaluations
+    export vae/), or from our own save_pretrained folder of a "vae"."""
     from jaxmodels.convert.pretrained import is_pretrained_dir, load_pretrained
 
     if not path or not os.path.isdir(path):
         raise ConfigError(f"VAE folder {path!r} does not exist: give a diffusers AutoencoderKL folder "
                           "(config.json + diffusion_pytorch_model.safetensors), e.g. stabilityai/sd-vae-ft-mse")
+    if os.path.isdir(os.path.join(path, "checkpoints")) and not os.path.isdir(os.path.join(path, "vae")):
+        raise ConfigError(f"{path} is a training run without an exported vae/ yet: it is written at each "
+                          "evaluation of task 'autoencoder' (train until the first eval, or to the end)")
     if is_pretrained_dir(path):
         model_cfg, params = load_pretrained(path)
         if model_cfg.pop("name", None) != "vae":
@@ -153,3 +159,50 @@ def load_vae(path: str, dtype: str = "float32") -> tuple[vae_model.AutoencoderKL
     hf = dict(read_hf_config(path))
     cfg = dataclasses.replace(config_from_diffusers(hf), dtype=dtype)
     return vae_model.AutoencoderKL(cfg), params_from_folder(path, cfg)
+
+
+def _tensors_of_leaf(path: list[str], array: np.ndarray) -> dict[str, np.ndarray]:
+    """The inverse of _convert_leaf: one of our leaves -> its diffusers tensor(s), torch layout."""
+    *mods, leaf = path
+    module = _module_name(mods)
+    suffix = "weight" if leaf in ("kernel", "scale") else "bias"
+    if mods[-1] == "qkv":
+        parts = np.split(array, 3, axis=-1)
+        return {f"{module[:-len('qkv')]}{n}.{suffix}": (p.T if leaf == "kernel" else p)
+                for n, p in zip(("to_q", "to_k", "to_v"), parts)}
+    if leaf == "kernel":
+        array = array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T
+    return {f"{module}.{suffix}": array}
+
+
+def save_diffusers(cfg: vae_model.Config, params, out_dir: str, sample_size: int = 256) -> None:
+    """Writes AutoencoderKL(cfg) params as a diffusers folder (config.json +
+    diffusion_pytorch_model.safetensors) that load_vae and diffusers' from_pretrained read.
+    Each file is written to a temp name and renamed, so a reader never sees half a folder."""
+    from safetensors.numpy import save_file
+
+    tensors: dict[str, np.ndarray] = {}
+
+    def collect(key_path, leaf):
+        tensors.update(_tensors_of_leaf([k.key for k in key_path], np.asarray(leaf, np.float32)))
+
+    jax.tree_util.tree_map_with_path(collect, params)
+    levels = len(cfg.block_out_channels)
+    config = {
+        "_class_name": "AutoencoderKL", "act_fn": "silu",
+        "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+        "down_block_types": [BLOCK_TYPES["down"]] * levels, "up_block_types": [BLOCK_TYPES["up"]] * levels,
+        "block_out_channels": list(cfg.block_out_channels), "layers_per_block": cfg.layers_per_block,
+        "latent_channels": cfg.latent_channels, "norm_num_groups": cfg.norm_num_groups,
+        "sample_size": int(sample_size), "scaling_factor": float(cfg.scaling_factor),
+        "shift_factor": float(cfg.shift_factor) if cfg.shift_factor else None,
+        "use_quant_conv": cfg.use_quant_conv, "use_post_quant_conv": cfg.use_post_quant_conv,
+        "mid_block_add_attention": cfg.mid_block_add_attention, "force_upcast": False,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    weights = os.path.join(out_dir, "diffusion_pytorch_model.safetensors")
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, weights + ".tmp", metadata={"format": "pt"})
+    os.replace(weights + ".tmp", weights)
+    with open(os.path.join(out_dir, "config.json.tmp"), "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(os.path.join(out_dir, "config.json.tmp"), os.path.join(out_dir, "config.json"))

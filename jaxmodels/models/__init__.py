@@ -42,6 +42,7 @@ FAMILIES = {
     "retnet": "jaxmodels.models.retnet",
     "dit": "jaxmodels.models.dit",
     "unet": "jaxmodels.models.unet",
+    "vae": "jaxmodels.models.vae",   # SD's AutoencoderKL (tasks/autoencoder.py trains it)
 }
 
 

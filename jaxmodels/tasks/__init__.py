@@ -1,7 +1,8 @@
 """Task registry: `task.name` in a config picks what "loss", "data" and "evaluate" mean.
 
-"lm" and "diffusion" are the built-in tasks; any "package.module:ClassName" also works, so
-tests and notebooks can train a task of their own through the same trainer.
+"lm", "diffusion" and "autoencoder" (the VAE of latent diffusion) are the built-in tasks;
+any "package.module:ClassName" also works, so tests and notebooks can train a task of their
+own through the same trainer.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from jaxmodels.config import ConfigError
 TASKS = {
     "lm": "jaxmodels.tasks.lm:LMTask",
     "diffusion": "jaxmodels.tasks.diffusion:DiffusionTask",
+    "autoencoder": "jaxmodels.tasks.autoencoder:AutoencoderTask",
 }
 
 
