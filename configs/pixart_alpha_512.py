@@ -14,11 +14,13 @@ encode the captions once, with the latents,
 PixArt-α's 512 px recipe: AdamW lr 2e-5, weight decay 0.03, eps 1e-10, gradient clip 0.01,
 1000 warm-up steps, learned sigma, linear schedule (T = 1000), eps prediction, caption
 dropout 0.1 for guidance 4.5, gradient checkpointing, EMA 0.9999; it trains 38-40 images
-per GPU. On a 12 GB card that recipe's f32 AdamW moments + f32 EMA + f32 params are 9.6 GiB
-before a single activation, so this config keeps the moments in 8 bits (optim.kind =
-adamw8bit) and takes batch 32 in micro-batches of 4 (planned sizes: BENCHMARKS.md, "Light
-Stable Diffusion memory plan"). :smoke is a 10-step check of the model on the generated
-captioned shapes (16 px pixels, the byte caption encoder; no files).
+per GPU. On a 12 GB card that recipe's f32 AdamW moments + f32 EMA + f32 params are 9.1 GiB
+before a single activation and it does not fit at any micro-batch; 8-bit AdamW does not
+either (its update makes full-size f32 temporaries). This config therefore swaps AdamW for
+Adafactor (factored second moment: 7 MiB of state; optim.kind) and takes batch 32 in 8
+micro-batches of 4: 11.2 of 12 GiB planned with the EMA, 9.0 without (BENCHMARKS.md,
+"Light Stable Diffusion memory plan"). :smoke is a 10-step check of the model on the
+generated captioned shapes (16 px pixels, the byte caption encoder; no files).
 """
 from jaxmodels.config import ConfigError
 from jaxmodels.data.images import image_data_config
@@ -42,7 +44,7 @@ def get_config(arg=None):
                                text_emb_shape=(T5_LEN, T5_DIM), latent_scale=0.18215, val_size=256,
                                num_threads=4, prefetch=8)
     c.optim.update(lr=2e-5, min_lr=2e-5, warmup_steps=1000, schedule="constant", b1=0.9, b2=0.999, eps=1e-10,
-                   weight_decay=0.03, clip_norm=0.01, kind="adamw8bit")
+                   weight_decay=0.03, clip_norm=0.01, kind="adafactor")
     c.train.update(steps=100_000, batch_size=32, micro_batches=8, log_every=50, eval_every=5000, eval_batches=4,
                    checkpoint_every=2500, ema_decay=0.9999, ema_warmup=False)
     c.memory.budget_gb = 12.0
