@@ -16,6 +16,10 @@ REF is an image folder, a statistics .npz (mu, sigma: pytorch-fid --save-stats, 
 reference batches) or an images .npz (arr_0). The weights are pytorch-fid's, converted once
 with launch.convert_fid_inception; FID numbers are comparable with pytorch-fid's.
 
+Inception Score from the same network's classifier (with or without --fid; no --ref needed):
+    python -m launch.evaluate --is --workdir RUN --inception fid_inception.safetensors [--is-splits 10]
+    python -m launch.evaluate --is --images FOLDER --inception fid_inception.safetensors
+
 LMs (--tokens / --hellaswag / --hf): perplexity and HellaSwag accuracy, see launch/evaluate_lm.py.
 """
 from launch import _env  # noqa: F401  (must come before jax)
@@ -35,7 +39,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", help="a diffusion run (required unless --fid --images)")
     parser.add_argument("--fid", action="store_true", help="FID against --ref instead of the judge")
     parser.add_argument("--ref", default="", help="FID reference: image folder, stats .npz or images .npz")
-    parser.add_argument("--images", default="", help="with --fid: score this image folder instead of a run")
+    parser.add_argument("--is", dest="inception_score", action="store_true",
+                        help="Inception Score of the samples (or --images) from the FID Inception's logits")
+    parser.add_argument("--is-splits", type=int, default=10, help="Inception Score: mean/std over this many parts")
+    parser.add_argument("--images", default="", help="with --fid / --is: score this image folder instead of a run")
     parser.add_argument("--inception", default="", help="FID Inception weights (.safetensors from "
                         "launch.convert_fid_inception)")
     parser.add_argument("--batch-size", type=int, default=50, help="FID Inception batch")
@@ -50,16 +57,20 @@ def main(argv=None) -> int:
     from launch._runs import require_run
     if args.fid and not args.ref:
         parser.error("--fid needs --ref <image folder, stats .npz or images .npz>")
-    if not args.workdir and not (args.fid and args.images):
-        parser.error("give --workdir (or --fid --images FOLDER)")
+    inception = args.fid or args.inception_score
+    if not args.workdir and not (inception and args.images):
+        parser.error("give --workdir (or --fid / --is with --images FOLDER)")
+    is_splits = args.is_splits if args.inception_score else 0
+    ref = args.ref if args.fid else ""
     try:
-        if args.fid and args.images:
+        if inception and args.images:
             from jaxmodels.diffusion.fid import fid_against
-            metrics = fid_against(args.ref, args.inception, folder=args.images, batch_size=args.batch_size)
-        elif args.fid:
-            metrics = fid_workdir(require_run(args.workdir), args.ref, args.inception, num=args.num,
+            metrics = fid_against(ref, args.inception, folder=args.images, batch_size=args.batch_size,
+                                  is_splits=is_splits)
+        elif inception:
+            metrics = fid_workdir(require_run(args.workdir), ref, args.inception, num=args.num,
                                   cfg_scale=args.cfg, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                                  use_ema=not args.no_ema, batch_size=args.batch_size)
+                                  use_ema=not args.no_ema, batch_size=args.batch_size, is_splits=is_splits)
         else:
             metrics = evaluate_workdir(require_run(args.workdir), num=args.num, cfg_scale=args.cfg,
                                        sampler=args.sampler, steps=args.steps, seed=args.seed,

@@ -205,6 +205,9 @@ TINY: dict[str, Tiny] = {
     "python -m launch.train --config configs/sd_light.py:smoke": Tiny((
         f"python -m launch.train --config configs/sd_light.py:smoke {QUICK}",
     )),
+    "python -m launch.memory --config configs/pixart_alpha_512.py": Tiny((
+        "python -m launch.memory --config configs/pixart_alpha_512.py:smoke",
+    ), expect=("budget",)),
     "python -m launch.train --config configs/pixart_small.py:cpu": Tiny((
         f"python -m launch.train --config configs/pixart_small.py:cpu {QUICK} {TINY_DIT} {SMALL_CPU_DIT}",
     )),

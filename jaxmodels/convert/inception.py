@@ -39,8 +39,8 @@ def convert_pth(pth: str, out: str) -> int:
     return len(state)
 
 
-def params_from_state_dict(tensors) -> dict:
-    """Flax params of FIDInceptionV3 from {torchvision name: numpy array} (get(name) access)."""
+def params_from_state_dict(tensors, logits: bool = False) -> dict:
+    """Flax params of FIDInceptionV3(logits) from {torchvision name: numpy array} (get(name) access)."""
     shapes = jax.eval_shape(lambda: FIDInceptionV3().init(jax.random.key(0), jnp.zeros((1, 75, 75, 3))))["params"]
 
     def fold(path: tuple, leaves: dict) -> dict:
@@ -64,7 +64,16 @@ def params_from_state_dict(tensors) -> dict:
             return {"conv": fold(path, tree["conv"])}
         return {k: walk(v, path + (k,)) for k, v in tree.items()}
 
-    return walk(shapes, ())
+    params = walk(shapes, ())
+    if logits:
+        try:
+            w, b = tensors["fc.weight"], tensors["fc.bias"]
+        except KeyError:
+            raise ConfigError("the Inception weights have no fc.weight / fc.bias (the 1008-way classifier the "
+                              "Inception Score needs): convert pytorch-fid's full checkpoint "
+                              f"{WEIGHTS_URL.rsplit('/', 1)[1]} with launch.convert_fid_inception") from None
+        params["fc"] = {"kernel": jnp.asarray(np.asarray(w, np.float32).T), "bias": jnp.asarray(b, jnp.float32)}
+    return params
 
 
 class _SafetensorsFile:
@@ -80,8 +89,9 @@ class _SafetensorsFile:
         return self.handle.get_tensor(name)
 
 
-def load_fid_inception(path: str) -> tuple[FIDInceptionV3, dict]:
-    """(model, params) from a converted .safetensors (or the .pth itself when torch is installed)."""
+def load_fid_inception(path: str, logits: bool = False) -> tuple[FIDInceptionV3, dict]:
+    """(model, params) from a converted .safetensors (or the .pth itself when torch is installed);
+    logits=True: the model also returns the classifier logits (Inception Score)."""
     if not path or not os.path.isfile(path):
         raise ConfigError(f"FID needs pytorch-fid's Inception weights (got {path!r}): download {WEIGHTS_URL} "
                           f"where there is network, convert it once with `python -m launch.convert_fid_inception "
@@ -95,5 +105,5 @@ def load_fid_inception(path: str) -> tuple[FIDInceptionV3, dict]:
                               f"launch.convert_fid_inception --pth {path} --out fid_inception.safetensors` "
                               f"(needs torch) and pass the .safetensors") from None
         state = {k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
-        return FIDInceptionV3(), params_from_state_dict(state)
-    return FIDInceptionV3(), params_from_state_dict(_SafetensorsFile(path))
+        return FIDInceptionV3(logits), params_from_state_dict(state, logits)
+    return FIDInceptionV3(logits), params_from_state_dict(_SafetensorsFile(path), logits)

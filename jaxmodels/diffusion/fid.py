@@ -6,6 +6,11 @@ eigenvalues of S1^(1/2) S2 S1^(1/2), a symmetric PSD matrix with the same eigenv
 complex parts or non-symmetric square roots arise (pytorch-fid uses scipy's sqrtm and drops
 imaginary noise; the two agree to rounding).
 
+Inception Score (Salimans et al. 2016) from the same network's 1008-way classifier:
+IS = exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over a split; the images are cut
+into `splits` equal parts (10, as the original code and torch-fidelity) and the mean and
+standard deviation over the parts are reported.
+
 Reference sets: a folder of images (any size; read recursively), an .npz of statistics
 ("mu", "sigma": pytorch-fid --save-stats and ADM's reference batches), or an .npz of images
 (ADM's "arr_0" uint8 [N, H, W, 3], or "images").
@@ -85,16 +90,33 @@ def array_batches(images: np.ndarray, batch_size: int) -> tuple[int, Iterator[np
     return len(images), (images[i:i + batch_size] for i in range(0, len(images), batch_size))
 
 
-class FIDFeatures:
-    """pool3 features of image batches, on the device, one compiled shape per image size."""
+def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) over `splits` equal parts of exp(mean KL(p(y|x) || p(y))), float64."""
+    logits = np.asarray(logits, np.float64)
+    if len(logits) < splits:
+        raise ConfigError(f"the Inception Score needs at least --is-splits={splits} images; got {len(logits)}")
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    scores = []
+    for part in np.array_split(log_p, splits):
+        log_py = np.log(np.exp(part).mean(axis=0))
+        scores.append(np.exp(np.mean(np.sum(np.exp(part) * (part - log_py), axis=1))))
+    return float(np.mean(scores)), float(np.std(scores))
 
-    def __init__(self, inception_path: str, batch_size: int = 50):
+
+class FIDFeatures:
+    """pool3 features of image batches, on the device, one compiled shape per image size
+    (logits=True: the classifier's logits are kept too, in .last_logits)."""
+
+    def __init__(self, inception_path: str, batch_size: int = 50, logits: bool = False):
         import jax
 
         from jaxmodels.convert.inception import load_fid_inception
 
-        self.model, self.params = load_fid_inception(inception_path)
+        self.model, self.params = load_fid_inception(inception_path, logits=logits)
         self.batch_size = batch_size
+        self.logits = logits
+        self.last_logits: Optional[np.ndarray] = None
         self._apply = jax.jit(lambda p, x: self.model.apply({"params": p}, x))
 
     def __call__(self, count: int, batches: Iterable[np.ndarray], progress: bool = True,
@@ -104,16 +126,21 @@ class FIDFeatures:
             from tqdm import tqdm
 
             bar = tqdm(total=count, desc=desc, unit="img")
-        out = []
+        out, logits = [], []
         for batch in batches:
             n = len(batch)
             if n < self.batch_size:   # pad: one compiled shape per image size
                 batch = np.concatenate([batch, np.zeros((self.batch_size - n,) + batch.shape[1:], batch.dtype)])
-            out.append(np.asarray(self._apply(self.params, np.asarray(batch, np.float32)))[:n])
+            result = self._apply(self.params, np.asarray(batch, np.float32))
+            if self.logits:
+                result, batch_logits = result
+                logits.append(np.asarray(batch_logits)[:n])
+            out.append(np.asarray(result)[:n])
             if bar is not None:
                 bar.update(n)
         if bar is not None:
             bar.close()
+        self.last_logits = np.concatenate(logits) if self.logits else None
         return np.concatenate(out)
 
 
@@ -135,13 +162,24 @@ def reference_statistics(ref: str, features: Optional[FIDFeatures], progress: bo
 
 
 def fid_against(ref: str, inception: str, images: Optional[np.ndarray] = None, folder: str = "",
-                batch_size: int = 50, progress: bool = True) -> dict:
-    """FID of generated `images` (uint8 [N, H, W, 3]) or of an image `folder` against `ref`."""
-    features = FIDFeatures(inception, batch_size)
+                batch_size: int = 50, progress: bool = True, is_splits: int = 0) -> dict:
+    """FID of generated `images` (uint8 [N, H, W, 3]) or of an image `folder` against `ref`
+    (ref "" skips the FID); is_splits > 0 adds their Inception Score (is, is_std) from the
+    same pass through the network."""
+    features = FIDFeatures(inception, batch_size, logits=is_splits > 0)
     if images is not None:
         count, batches = array_batches(images, batch_size)
     else:
         count, batches = folder_batches(folder, batch_size)
-    mu, sigma = statistics(features(count, batches, progress=progress, desc="samples"))
-    mu_ref, sigma_ref = reference_statistics(ref, features, progress)
-    return {"fid": frechet_distance(mu, sigma, mu_ref, sigma_ref), "num": int(count)}
+    feats = features(count, batches, progress=progress, desc="samples")
+    out: dict = {}
+    if ref:
+        sample_logits = features.last_logits
+        mu, sigma = statistics(feats)
+        mu_ref, sigma_ref = reference_statistics(ref, features, progress)
+        out["fid"] = frechet_distance(mu, sigma, mu_ref, sigma_ref)
+        features.last_logits = sample_logits
+    if is_splits > 0:
+        out["is"], out["is_std"] = inception_score(features.last_logits, is_splits)
+    out["num"] = int(count)
+    return out

@@ -10,16 +10,18 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
 from jaxmodels.layers.dense import Dense
-from jaxmodels.layers.text_encoder import PAD_ID, TextEncoder
+from jaxmodels.layers.text_encoder import PAD_ID, TextEncoder, WordTextEncoder
 
-TEXT_ENCODERS = ("bytes", "precomputed")
+# bytes: one token per byte; words: the same bytes, one token per word; precomputed: T5 / CLIP states.
+TEXT_ENCODERS = ("bytes", "words", "precomputed")
 
 
 class CaptionEmbedder(nn.Module):
     """Caption features -> [N, L, out_dim] tokens for cross-attention (PixArt, U-Net).
 
-    Reads cond["text_tokens"] through the byte TextEncoder ("bytes") or cond["text_emb"]
-    as given ("precomputed"), replaces dropped captions (drop_N) by a learned null
+    Reads cond["text_tokens"] through the byte TextEncoder ("bytes"), the WordTextEncoder
+    ("words": text_len is then the number of word tokens) or cond["text_emb"] as given
+    ("precomputed"), replaces dropped captions (drop_N) by a learned null
     embedding [text_len, E] with every token visible, then projects with PixArt's
     Dense -> GELU(tanh) -> Dense. Returns (y_NLD, mask_NL).
     """
@@ -35,11 +37,17 @@ class CaptionEmbedder(nn.Module):
 
     @nn.compact
     def __call__(self, cond: Mapping[str, jax.Array], drop_N: jax.Array):
-        if self.text_encoder == "bytes":
+        if self.text_encoder in ("bytes", "words"):
             if "text_tokens" not in cond:
-                raise ValueError("text conditioning with text_encoder='bytes' needs cond['text_tokens']")
+                raise ValueError(f"text conditioning with text_encoder={self.text_encoder!r} needs cond['text_tokens']")
             tokens = cond["text_tokens"]
             mask = cond.get("text_mask", tokens != PAD_ID)
+        if self.text_encoder == "words":
+            feats, mask = WordTextEncoder(max_words=self.text_len, width=self.encoder_width,
+                                          depth=self.encoder_depth, num_heads=self.encoder_heads,
+                                          dtype=self.dtype, remat=self.remat, scan_layers=self.scan_layers,
+                                          name="text_encoder")(tokens, mask)
+        elif self.text_encoder == "bytes":
             feats = TextEncoder(width=self.encoder_width, depth=self.encoder_depth,
                                 num_heads=self.encoder_heads, dtype=self.dtype, remat=self.remat,
                                 scan_layers=self.scan_layers, name="text_encoder")(tokens, mask)

@@ -63,8 +63,8 @@ class Config:
     learn_sigma: bool = True
     conditioning: str = "class"   # "class" | "text" | "none"
     # PixArt text conditioning.
-    text_encoder: str = "bytes"   # "bytes" (models/text_encoder.py) | "precomputed" (T5/CLIP features)
-    text_len: int = 120           # caption tokens (PixArt: 120 T5 tokens)
+    text_encoder: str = "bytes"   # "bytes" | "words" (layers/text_encoder.py) | "precomputed" (T5/CLIP features)
+    text_len: int = 120           # caption tokens (PixArt: 120 T5 tokens; "words": word tokens)
     text_dim: int = 4096          # width of precomputed features (T5-XXL: 4096)
     caption_dropout: float = 0.1
     encoder_width: int = 256      # bytes encoder

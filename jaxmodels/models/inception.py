@@ -8,7 +8,9 @@ norm folded into the conv (kernel x gamma / sqrt(var + eps), bias beta - mean x 
 
 Input: uint8 or float images [N, H, W, 3] in [0, 255]; they are resized bilinearly to
 299 x 299 (no antialiasing, half-pixel centres: torch's F.interpolate(align_corners=False),
-as pytorch-fid does) and scaled to [-1, 1]. Output: pool3 features f32 [N, 2048].
+as pytorch-fid does) and scaled to [-1, 1]. Output: pool3 features f32 [N, 2048]; with
+logits=True also the 1008-way classifier's logits (the "fc" layer of the same checkpoint),
+which the Inception Score reads.
 Module names are torchvision's (Mixed_5b/branch1x1 ...), which the importer relies on.
 """
 from __future__ import annotations
@@ -126,8 +128,13 @@ def resize_bilinear(images_NHWC: jax.Array, size: int = SIZE) -> jax.Array:
                                          jnp.zeros(2, jnp.float32), method="linear", antialias=False)
 
 
+NUM_LOGITS = 1008   # the 2015 TF graph's classes: ImageNet's 1000 plus 8 unused
+
+
 class FIDInceptionV3(nn.Module):
-    """images [N, H, W, 3] in [0, 255] -> pool3 features [N, 2048]."""
+    """images [N, H, W, 3] in [0, 255] -> pool3 features [N, 2048] (logits=True: (features,
+    logits [N, 1008]))."""
+    logits: bool = False
 
     @nn.compact
     def __call__(self, images_NHWC: jax.Array) -> jax.Array:
@@ -149,4 +156,7 @@ class FIDInceptionV3(nn.Module):
         x = InceptionD(name="Mixed_7a")(x)
         x = InceptionE(name="Mixed_7b")(x)
         x = InceptionE(max_pool=True, name="Mixed_7c")(x)
-        return jnp.mean(x, axis=(1, 2))
+        features = jnp.mean(x, axis=(1, 2))
+        if not self.logits:
+            return features
+        return features, nn.Dense(NUM_LOGITS, name="fc")(features)

@@ -377,9 +377,10 @@ def evaluate_workdir(workdir: str, num: int = 256, cfg_scale: Optional[float] = 
 
 def fid_workdir(workdir: str, ref: str, inception: str, num: int = 256, cfg_scale: Optional[float] = None,
                 sampler: Optional[str] = None, steps: Optional[int] = None, seed: int = 1,
-                use_ema: bool = True, batch_size: int = 50, progress: bool = True) -> dict:
+                use_ema: bool = True, batch_size: int = 50, progress: bool = True, is_splits: int = 0) -> dict:
     """FID of `num` fresh samples of a run (decoded through data.vae for latent runs) against
-    a reference (image folder, statistics .npz or images .npz; see diffusion/fid.py)."""
+    a reference (image folder, statistics .npz or images .npz; see diffusion/fid.py; ref ""
+    skips it); is_splits > 0 adds their Inception Score."""
     from jaxmodels.diffusion.fid import fid_against
 
     task, params = _load(workdir, use_ema)
@@ -394,7 +395,8 @@ def fid_workdir(workdir: str, ref: str, inception: str, num: int = 256, cfg_scal
             raise ConfigError(f"FID needs RGB pictures; this run samples {samples.shape[-1]}-channel latents: "
                               "set data.vae to the VAE that encoded them (--config.data.vae at training)")
         images = image_data.from_unit_range(samples)
-    metrics = fid_against(ref, inception, images=images, batch_size=batch_size, progress=progress)
+    metrics = fid_against(ref, inception, images=images, batch_size=batch_size, progress=progress,
+                          is_splits=is_splits)
     metrics.update(cfg_scale=float(task.opts["cfg_scale"] if cfg_scale is None else cfg_scale),
                    sampler=sampler or task.opts["sampler"], steps=int(steps or task.opts["sample_steps"]))
     return metrics

@@ -1,6 +1,6 @@
 """An image folder end to end on the CPU: launch.encode (VAE latents) -> launch.train
 (dit_b2.py:smoke, sd_light.py with cached captions) -> launch.sample (PNG decoded through
-the VAE) [-> launch.evaluate --fid, slow]."""
+the VAE) [-> launch.evaluate --fid --is, slow]."""
 import os
 import shutil
 import subprocess
@@ -78,11 +78,12 @@ def test_evaluate_fid_against_the_image_folder(dit_run, tmp_path):
     from inception_weights import state_dict
 
     save_file(state_dict(), str(tmp_path / "inception.safetensors"))
-    out = _run("launch.evaluate", "--fid", "--workdir", "runs/dit", "--ref", "images", "--num", "16",
-               "--steps", "2", "--inception", str(tmp_path / "inception.safetensors"), "--batch-size", "16",
+    out = _run("launch.evaluate", "--fid", "--is", "--is-splits", "2", "--workdir", "runs/dit", "--ref", "images",
+               "--num", "16", "--steps", "2", "--inception", str(tmp_path / "inception.safetensors"), "--batch-size", "16",
                cwd=dit_run)
     import json
 
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics["num"] == 16 and np.isfinite(metrics["fid"]) and metrics["fid"] > 0
+    assert 1.0 <= metrics["is"] <= 16 and metrics["is_std"] >= 0   # one pass gives both
     shutil.rmtree(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 from jaxmodels.config import ConfigError
 from jaxmodels.models import build_model, dit
 from jaxmodels.layers.mha import MultiHeadAttention
-from jaxmodels.layers.text_encoder import PAD_ID, TextEncoder, encode_bytes
+from jaxmodels.layers.text_encoder import PAD_ID, TextEncoder, WordTextEncoder, encode_bytes, word_slots
 
 N = 2
 TINY = dict(name="dit", size="dit-s/2", hidden_size=32, depth=2, num_heads=2, num_classes=10,
@@ -95,14 +95,14 @@ def test_label_dropout_and_null_class():
     np.testing.assert_allclose(mixed[1], null[1], atol=1e-6)
 
 
-@pytest.mark.parametrize("encoder", ["bytes", "precomputed"])
+@pytest.mark.parametrize("encoder", ["bytes", "words", "precomputed"])
 def test_pixart_text_paths(encoder):
     model = build_model(dict(TINY, size="pixart-s/2", conditioning="text", text_encoder=encoder, text_len=12,
                              text_dim=24, encoder_width=32, encoder_depth=1, encoder_heads=2, learn_sigma=False))
     x = jax.random.normal(jax.random.key(0), (N, 8, 8, 3))
     t = jnp.array([3, 700])
     tokens, mask = encode_bytes(["red circle", "a blue star"], 12)
-    if encoder == "bytes":
+    if encoder in ("bytes", "words"):
         cond = {"text_tokens": jnp.asarray(tokens), "text_mask": jnp.asarray(mask)}
         # Garbage in the padded positions must not matter.
         other = dict(cond, text_tokens=jnp.where(cond["text_mask"], cond["text_tokens"], 65))
@@ -115,7 +115,7 @@ def test_pixart_text_paths(encoder):
     params = _init(model, x, t, cond)
     assert "scale_shift_table" in params["blocks"] and "t_block" in params
     np.testing.assert_array_equal(params["blocks"]["cross_attn"]["proj"]["kernel"], 0.0)
-    assert ("text_encoder" in params["y_embedder"]) == (encoder == "bytes")
+    assert ("text_encoder" in params["y_embedder"]) == (encoder != "precomputed")
     apply = jax.jit(lambda p, c: model.apply({"params": p}, x, t, c))
     keep, drop = jnp.zeros((N,), bool), jnp.ones((N,), bool)
     out = apply(params, dict(cond, drop=keep))
@@ -152,6 +152,33 @@ def test_text_encoder():
     feats = apply(variables, a, m)
     rel = float(jnp.linalg.norm(feats[0] - feats[1]) / jnp.linalg.norm(feats[0]))
     assert rel > 0.3, rel
+
+
+def test_word_slots():
+    tokens, mask = encode_bytes(["a red  ring", "hourglass x"], 16)
+    index, words = word_slots(jnp.asarray(tokens), jnp.asarray(mask), max_words=2, max_chars=4)
+    # "a" -> word 0 slot 0; "red" -> word 1 slots 0-2; double space skipped; "ring" is word 2 >= max_words.
+    assert np.asarray(index[0]).tolist() == [0, -1, 4, 5, 6] + [-1] * 11
+    # "hourglass" keeps its first 4 bytes; padding is never a word.
+    assert np.asarray(index[1]).tolist() == [0, 1, 2, 3] + [-1] * 6 + [4] + [-1] * 5
+    np.testing.assert_array_equal(words, [2, 2])
+
+
+def test_word_text_encoder():
+    enc = WordTextEncoder(max_words=6, max_chars=8, width=32, depth=1, num_heads=2, byte_width=8)
+    tokens, mask = encode_bytes(["a small red ring", "a small red grin", "a small blue ring", "ab"], 24)
+    variables = jax.jit(lambda: enc.init(jax.random.key(0, impl="rbg"), tokens, mask))()
+    apply = jax.jit(enc.apply)
+    feats, word_mask = apply(variables, tokens, mask)
+    chex.assert_shape(feats, (4, 6, 32))
+    np.testing.assert_array_equal(word_mask.sum(1), [4, 4, 4, 1])
+    # Padding bytes never matter; the words are order-aware ("ring" vs "grin") and a changed
+    # word is audible at init (as TextEncoder's test: >= 30% of the features' norm).
+    junk = np.where(mask, tokens, 65)
+    np.testing.assert_allclose(apply(variables, junk, mask)[0][:, :4], feats[:, :4], atol=1e-5)
+    for other in (1, 2):
+        rel = float(jnp.linalg.norm((feats[0] - feats[other])[:4]) / jnp.linalg.norm(feats[0, :4]))
+        assert rel > 0.2, (other, rel)
 
 
 def test_multi_head_attention_cross_mask():

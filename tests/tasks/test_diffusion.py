@@ -81,14 +81,18 @@ def test_configs_variants_and_errors():
     for spec in ("dit_small.py", "dit_small.py:cpu", "dit_small.py:smoke", "dit_b2.py", "pixart_small.py",
                  "pixart_small.py:cpu", "pixart_small.py:smoke", "unet_ddpm64.py", "unet_ddpm64.py:smoke",
                  "dit_b2.py:cpu", "dit_b2.py:smoke", "sd_light.py", "sd_light.py:smoke", "unet_folder64.py",
-                 "unet_folder64.py:smoke"):
+                 "unet_folder64.py:smoke", "pixart_alpha_512.py", "pixart_alpha_512.py:smoke"):
         cfg = load_config(os.path.join(ROOT, "configs", spec))
         task = build_task(cfg)
         params = jax.eval_shape(task.init_params, jax.random.key(0))
-        assert sum(p.size for p in jax.tree.leaves(params)) > 0
+        count = sum(p.size for p in jax.tree.leaves(params))
+        assert count > 0
         assert task.abstract_batch(2)["image"].shape[1:] == task.image_shape
+        if spec == "pixart_alpha_512.py":  # PixArt-XL/2: the paper's 0.6B; 64x64x4 latents, T5 120 x 4096
+            assert abs(count / 1e6 - 611.3) < 0.5, count
+            assert task.abstract_batch(2)["text_emb"].shape == (2, 120, 4096)
     for spec in ("dit_small.py:nope", "dit_b2.py:nope", "pixart_small.py:nope", "unet_ddpm64.py:cpu",
-                 "sd_light.py:cpu", "unet_folder64.py:cpu"):
+                 "sd_light.py:cpu", "unet_folder64.py:cpu", "pixart_alpha_512.py:cpu"):
         with pytest.raises(ConfigError, match="valid"):
             load_config(os.path.join(ROOT, "configs", spec))
     with pytest.raises(ConfigError, match="valid"):
