@@ -195,7 +195,7 @@ TINY: dict[str, Tiny] = {
     "python -m launch.train --config configs/vae_small.py --config.data.path=data/my_images": Tiny((
         MY_IMAGES, VAE_SMALL,
         "python -c \"import json; assert json.load(open('runs/vae_small/vae/config.json'))['scaling_factor'] > 0\"",
-    ), slow=False, expect=("scaling_factor",)),
+    ), expect=("scaling_factor",)),
     "python -m launch.encode --images data/my_images --vae runs/vae_small --out data/my_latents "
     "--image-size 32": Tiny((
         MY_IMAGES, VAE_SMALL,

@@ -199,7 +199,7 @@ def _random_ternary_codes(params):
     return jax.tree_util.tree_map_with_path(one, params)
 
 
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_bitnet_lora_beside_the_ternary_base(packed):
     """A fresh adapter is the BitNet (latent or packed ternary base); a trained one
     changes the output; only the adapters train; an NF4 request is refused."""

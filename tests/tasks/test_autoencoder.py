@@ -79,6 +79,7 @@ def test_export_roundtrips_with_identical_outputs_and_scaling(trained, tmp_path)
     assert hf["_class_name"] == "AutoencoderKL" and hf["down_block_types"] == ["DownEncoderBlock2D"] * 2
 
 
+@pytest.mark.slow  # a second worker would train the shared fixture again (~30 s)
 def test_launch_encode_reads_the_trained_run(trained, tmp_path):
     from launch import encode
 

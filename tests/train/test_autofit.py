@@ -86,6 +86,7 @@ def test_auto_fit_picks_a_plan_that_fits_and_the_trainer_runs_it(tmp_path, capsy
     assert f"--config.train.micro_batches={chosen[0]}" in line and f"--config.model.remat={chosen[1]}" in line
 
 
+@pytest.mark.slow  # ~17 s; the plan counting test covers the 8-bit choice by default
 def test_only_the_8bit_plan_fits_and_the_trainer_runs_it(tmp_path, capsys):
     """One example per batch (no accumulation to try) and a model whose Adam moments outweigh
     its activations: under a budget between the 8-bit plan and the leanest f32-state plan

@@ -65,6 +65,7 @@ def test_param_dtype_needs_the_fused_8bit_step():
         make_optimizer(cfg.optim, 10)
 
 
+@pytest.mark.slow  # ~16 s; the rounding tests run by default
 def test_toy_run_learns_with_bf16_params(tmp_path):
     cfg = toy_cfg(optim__kind="adamw8bit", optim__param_dtype="bfloat16", train__steps=20, train__eval_every=0)
     train(cfg, str(tmp_path))
