@@ -112,7 +112,8 @@ def _window_reference(apply, prompt, n, limit):
     return seq
 
 
-@pytest.mark.parametrize("prompt_len", [P, 40])  # shorter and longer than block_size 32
+# shorter (-m slow: suite time) and longer than block_size 32
+@pytest.mark.parametrize("prompt_len", [pytest.param(P, marks=pytest.mark.slow), 40])
 def test_generation_past_block_size_slides_the_window(tiny, prompt_len):
     """Learned positions end at block_size: generating past it crops the context (nanoGPT)."""
     model, params, _, _ = tiny

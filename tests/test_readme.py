@@ -262,7 +262,7 @@ TINY: dict[str, Tiny] = {
     )),
     "python -m launch.train --config configs/rwkv7_2p9b_lora.py:qlora_smoke": Tiny((
         f"python -m launch.train --config configs/rwkv7_2p9b_lora.py:qlora_smoke {SMOKE_LM}",
-    ), slow=False, expect=("step 4/4",)),
+    ), expect=("step 4/4",)),
     "python -m launch.merge_adapters --workdir runs/rwkv7_2p9b_lora_qlora_smoke --out merged-rwkv7": Tiny((
         f"python -m launch.train --config configs/rwkv7_2p9b_lora.py:qlora_smoke {SMOKE_LM}",
         "python -m launch.merge_adapters --workdir runs/rwkv7_2p9b_lora_qlora_smoke --out merged-rwkv7",

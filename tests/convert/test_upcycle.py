@@ -36,6 +36,7 @@ def test_upcycled_equals_dense_at_step_0(base, every):
     np.testing.assert_allclose(logits, dense.apply({"params": params}, tokens), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow  # ~16 s; test_upcycled_equals_dense_at_step_0 covers the conversion by default
 def test_folder_round_trip_trains_with_init_from(tmp_path):
     from jaxmodels.config import load_config
     from jaxmodels.tasks.lm import LMTask

@@ -17,8 +17,12 @@ LLAMA = dict(name="llama", vocab_size=64, dim=32, n_layers=4, n_heads=4, n_kv_he
              hidden_dim=48, max_len=32, moe_experts=4, moe_top_k=2)
 
 
-@pytest.mark.parametrize("base", [GPT, LLAMA], ids=["gpt", "llama"])
-@pytest.mark.parametrize("every", [1, 2])
+# One case by default (every layer MoE on GPT); the other three are -m slow (suite time).
+@pytest.mark.parametrize("base,every", [
+    pytest.param(GPT, 1, id="1-gpt"),
+    pytest.param(GPT, 2, id="2-gpt", marks=pytest.mark.slow),
+    pytest.param(LLAMA, 1, id="1-llama", marks=pytest.mark.slow),
+    pytest.param(LLAMA, 2, id="2-llama", marks=pytest.mark.slow)])
 def test_moe_stack_params_decode_and_unrolled(base, every):
     model = build_model(dict(base, moe_every=every))
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 64, dtype=jnp.int32)

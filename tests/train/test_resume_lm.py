@@ -15,9 +15,9 @@ from tests.train.util import ROOT, bit_identical
 
 # The default run resumes one attention and one recurrent family (30-50 CPU-s each); the
 # trainer's resume path is the same for all, so the other families run with -m slow.
-SMOKE_CONFIGS = ["gpt_shakespeare_char", "rwkv4_169m"] + [
+SMOKE_CONFIGS = ["gpt_shakespeare_char"] + [
     pytest.param(name, marks=pytest.mark.slow)
-    for name in ("moe_gpt", "mamba_130m", "rwkv7_l12_d768", "retnet_base", "bitnet_b158")]
+    for name in ("rwkv4_169m", "moe_gpt", "mamba_130m", "rwkv7_l12_d768", "retnet_base", "bitnet_b158")]
 OVERRIDES = ["data.max_bytes=20000", "train.eval_every=0"]  # eval (and sampling) at the end only
 
 # Runs launch.train, SIGKILLing itself right after logging step 15 (checkpoints: 10, 20),
