@@ -70,6 +70,21 @@ class EncoderBlock(nn.Module):
         return x_BLD, None
 
 
+def _blocks_and_norm(enc, x: jax.Array, mask_BL: jax.Array) -> jax.Array:
+    """`enc.depth` EncoderBlocks (scanned or unrolled) then the final LayerNorm, created
+    inside enc's compact __call__ (params "blocks" / "blocks_i" and "ln_f"); shared by the
+    byte and word encoders."""
+    kwargs = dict(num_heads=enc.num_heads, mlp_ratio=enc.mlp_ratio, dtype=enc.dtype)
+    if enc.scan_layers:
+        x, _ = scan_blocks(EncoderBlock, enc.depth, enc.remat,
+                           in_axes=(nn.broadcast,), name="blocks", **kwargs)(x, mask_BL)
+    else:
+        block_cls = remat_block(EncoderBlock, enc.remat)
+        for i in range(enc.depth):
+            x, _ = block_cls(name=f"blocks_{i}", **kwargs)(x, mask_BL)
+    return LayerNorm(eps=1e-6, dtype=enc.dtype, name="ln_f")(x)
+
+
 class TextEncoder(nn.Module):
     """Byte-level caption encoder: tokens [N, L] -> features [N, L, width]."""
     width: int = 256
@@ -92,15 +107,7 @@ class TextEncoder(nn.Module):
         x = nn.Embed(BYTE_VOCAB, self.width, embedding_init=nn.initializers.normal(1.0),
                      name="tok_embed")(tokens_BL)
         x = (x + jnp.asarray(sincos_1d(np.arange(L), self.width))[None]).astype(self.dtype)
-        kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype)
-        if self.scan_layers:
-            x, _ = scan_blocks(EncoderBlock, self.depth, self.remat,
-                               in_axes=(nn.broadcast,), name="blocks", **kwargs)(x, mask_BL)
-        else:
-            block_cls = remat_block(EncoderBlock, self.remat)
-            for i in range(self.depth):
-                x, _ = block_cls(name=f"blocks_{i}", **kwargs)(x, mask_BL)
-        return LayerNorm(eps=1e-6, dtype=self.dtype, name="ln_f")(x)
+        return _blocks_and_norm(self, x, mask_BL)
 
 
 def word_slots(tokens_BL: jax.Array, mask_BL: jax.Array, max_words: int, max_chars: int):
@@ -151,12 +158,4 @@ class WordTextEncoder(nn.Module):
                   name="word_embed")(grid.reshape(grid.shape[0], W, C * self.byte_width).astype(self.dtype))
         x = (x + jnp.asarray(sincos_1d(np.arange(W), self.width))[None]).astype(self.dtype)
         mask_BW = jnp.arange(W)[None] < words_B[:, None]
-        kwargs = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype)
-        if self.scan_layers:
-            x, _ = scan_blocks(EncoderBlock, self.depth, self.remat,
-                               in_axes=(nn.broadcast,), name="blocks", **kwargs)(x, mask_BW)
-        else:
-            block_cls = remat_block(EncoderBlock, self.remat)
-            for i in range(self.depth):
-                x, _ = block_cls(name=f"blocks_{i}", **kwargs)(x, mask_BW)
-        return LayerNorm(eps=1e-6, dtype=self.dtype, name="ln_f")(x), mask_BW
+        return _blocks_and_norm(self, x, mask_BW), mask_BW
