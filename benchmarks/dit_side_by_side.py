@@ -42,6 +42,9 @@ PEER_CODE = r"""
 import json, statistics, sys, time
 import torch
 torch.set_num_threads(2)
+if {bf16}:  # PyTorch's bf16 operands for f32 matmuls and convolutions on a CPU (oneDNN, AMX)
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    torch.backends.mkldnn.conv.fp32_precision = "bf16"
 torch.manual_seed(0)
 sys.path.insert(0, {dit!r})
 from models import DiT_models
@@ -95,6 +98,9 @@ def main() -> int:
     p.add_argument("--variant", action="append", default=[], metavar="OF:OVERRIDE[,OVERRIDE...]",
                    help="also time one of our rows with extra overrides, e.g. 1:model.scan_layers=False "
                         "(OF: the row's 0-based index in OURS)")
+    p.add_argument("--peer-bf16", action="store_true",
+                   help="also time the peer with PyTorch's bf16 matmul/conv operands for f32 models "
+                        "(torch.backends.mkldnn.*.fp32_precision='bf16'), like for like with kernels.matmul=bf16")
     args = p.parse_args()
     info = machine()
     ours = dict(OURS)
@@ -103,11 +109,14 @@ def main() -> int:
         label, overrides = list(OURS.items())[int(of)]
         extra = [o for o in extra.split(",") if o]
         ours[f"{label} + {' '.join(extra)}"] = overrides + extra
-    runs = {"peer": [], **{k: [] for k in ours}}
+    peers = ["peer"] + (["peer_bf16"] if args.peer_bf16 else [])
+    runs = {**{k: [] for k in peers}, **{k: [] for k in ours}}
     for rep in range(args.repeats):
-        code = PEER_CODE.format(dit=os.path.abspath(args.dit), steps=args.steps, warmup=args.warmup)
-        runs["peer"].append(run([args.torch_python, "-c", code], cwd=os.path.abspath(args.dit)))
-        print(f"[{rep}] peer {runs['peer'][-1]['median_step_s']:.2f} s/step", flush=True)
+        for peer in peers:
+            code = PEER_CODE.format(dit=os.path.abspath(args.dit), steps=args.steps, warmup=args.warmup,
+                                    bf16=peer == "peer_bf16")
+            runs[peer].append(run([args.torch_python, "-c", code], cwd=os.path.abspath(args.dit)))
+            print(f"[{rep}] {peer} {runs[peer][-1]['median_step_s']:.2f} s/step", flush=True)
         for label, overrides in ours.items():
             code = OURS_CODE.format(overrides=overrides, steps=args.steps, warmup=args.warmup)
             runs[label].append(run([sys.executable, "-c", code], cwd=REPO_ROOT))
@@ -122,6 +131,15 @@ def main() -> int:
         s = statistics.median(r["median_step_s"] for r in runs[label])
         rows.append([f"jaxmodels, {label}", f"{s:.2f}", f"{s / peer_s:.2f}", f"{flops_per_step / s / 1e9:.0f}",
                      f"{flops_per_step / s / peak:.2f}" if peak else "—"])
+    if args.peer_bf16:  # bf16 operands on both sides: ratios against the bf16 peer
+        pb = statistics.median(r["median_step_s"] for r in runs["peer_bf16"])
+        rows.append(["facebookresearch/DiT, mkldnn fp32_precision=bf16", f"{pb:.2f}", f"{pb / peer_s:.2f}",
+                     f"{flops_per_step / pb / 1e9:.0f}", "—"])
+        for label in ours:
+            if "kernels.matmul=bf16" in ours[label]:
+                s = statistics.median(r["median_step_s"] for r in runs[label])
+                rows.append([f"jaxmodels, {label}: ratio to the bf16 peer", f"{s:.2f}", f"{s / pb:.2f}",
+                             f"{flops_per_step / s / 1e9:.0f}", "—"])
     header = ["DiT-S/2, batch 32, f32, 2 threads", "s/step (median)", "ratio to peer", "model GFLOP/s",
               "fraction of f32 matmul peak"]
     md = (f"{info['cpu']} ({info['cores']} cores; {info['isa']}), jax {info['jax']}, {info['date_utc']}, "

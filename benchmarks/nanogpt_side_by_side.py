@@ -45,9 +45,17 @@ def run(cmd, cwd, env_extra=None) -> str:
     return out.stdout + out.stderr
 
 
-def nanogpt_run(args, extra) -> dict:
-    text = run([args.torch_python, "train.py", "config/train_shakespeare_char.py", *extra],
-               cwd=args.nanogpt)
+# PyTorch's own switch for bf16 matmul operands in f32 models on a CPU (oneDNN; AMX on recent
+# Xeons), the CPU counterpart of the TF32 switch nanoGPT turns on for GPUs. nanoGPT itself
+# leaves it off on a CPU, so it is set here before train.py runs, without editing nanoGPT.
+PEER_BF16 = ("import runpy, sys, torch; torch.backends.mkldnn.matmul.fp32_precision = 'bf16'; "
+             "torch.backends.mkldnn.conv.fp32_precision = 'bf16'; "
+             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def nanogpt_run(args, extra, bf16: bool = False) -> dict:
+    launcher = [args.torch_python, "-c", PEER_BF16] if bf16 else [args.torch_python]
+    text = run([*launcher, "train.py", "config/train_shakespeare_char.py", *extra], cwd=args.nanogpt)
     iters = [(int(i), float(ms)) for i, ms in re.findall(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", text)]
     vals = {int(s): float(v) for s, v in re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", text)}
     # Iteration 0 carries start-up (and the first eval); drop it and any eval iterations.
@@ -82,11 +90,11 @@ def ours_full(args, steps: int, overrides=()) -> dict:
             "peak_flops_per_s": result["peak_flops_per_s"]}
 
 
-def nanogpt_full(args, steps: int) -> dict:
+def nanogpt_full(args, steps: int, bf16: bool = False) -> dict:
     extra = ["--device=cpu", "--compile=False", "--dtype=float32", "--eval_iters=1",
              "--log_interval=1", f"--max_iters={steps + 1}", "--eval_interval=100000",
              "--always_save_checkpoint=False"]
-    r = nanogpt_run(args, extra)
+    r = nanogpt_run(args, extra, bf16)
     return {"s_per_iter": r["ms_per_iter"] / 1000.0}
 
 
@@ -101,6 +109,9 @@ def main() -> int:
     p.add_argument("--skip-baby", action="store_true")
     p.add_argument("--bf16", action="store_true",
                    help="also time ours with kernels.matmul=bf16 (bf16 matmul operands, f32 accumulation)")
+    p.add_argument("--peer-bf16", action="store_true",
+                   help="also time nanoGPT with PyTorch's bf16 matmul operands for f32 models "
+                        "(torch.backends.mkldnn.matmul.fp32_precision='bf16'): like for like with --bf16")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:OVERRIDE[,OVERRIDE...]",
                    help="also time ours with these config overrides, e.g. unrolled:model.scan_layers=False")
     args = p.parse_args()
@@ -113,17 +124,20 @@ def main() -> int:
     for v in args.variant:
         name, _, overrides = v.partition(":")
         variants[f"ours_{name}"] = [o for o in overrides.split(",") if o]
+    peers = ["nanogpt"] + (["nanogpt_bf16"] if args.peer_bf16 else [])
     report = {"machine": machine(), "variants": variants,
-              "baby": {"nanogpt": [], **{k: [] for k in variants}},
-              "full": {"nanogpt": [], **{k: [] for k in variants}}}
+              "baby": {**{k: [] for k in peers}, **{k: [] for k in variants}},
+              "full": {**{k: [] for k in peers}, **{k: [] for k in variants}}}
     for rep in range(args.repeats):
         if not args.skip_baby:
-            report["baby"]["nanogpt"].append(nanogpt_run(args, BABY_NANOGPT))
+            for peer in peers:
+                report["baby"][peer].append(nanogpt_run(args, BABY_NANOGPT, peer.endswith("bf16")))
             for key, overrides in variants.items():
                 report["baby"][key].append(ours_baby(args, overrides))
             print(f"[baby {rep}]", {k: v[-1] for k, v in report["baby"].items()}, flush=True)
         if not args.skip_full:
-            report["full"]["nanogpt"].append(nanogpt_full(args, args.full_steps))
+            for peer in peers:
+                report["full"][peer].append(nanogpt_full(args, args.full_steps, peer.endswith("bf16")))
             for key, overrides in variants.items():
                 report["full"][key].append(ours_full(args, args.full_steps, overrides))
             print(f"[full {rep}]", {k: v[-1] for k, v in report["full"].items()}, flush=True)
@@ -141,18 +155,26 @@ def main() -> int:
     out(f"\n{m['cpu']} ({m['cores']} cores; {m['isa']}), jax {m['jax']}, {m['date_utc']}, "
           f"1-min load average {m['load_avg_1m']} at the start")
     out("\n| comparison | nanoGPT | jaxmodels | ratio (ours / nanoGPT) |\n|---|---|---|---|")
-    for key, overrides in variants.items():
+    rows = [(key, overrides, "nanogpt") for key, overrides in variants.items()]
+    if args.peer_bf16:  # bf16 operands on both sides
+        rows += [(key, overrides, "nanogpt_bf16") for key, overrides in variants.items()
+                 if "kernels.matmul=bf16" in overrides]
+    for key, overrides, peer in rows:
         label = f", ours with {' '.join(overrides)}" if overrides else ""
+        if peer != "nanogpt":
+            label += ", nanoGPT with mkldnn fp32_precision=bf16"
         if report["baby"][key]:
-            n, o = report["baby"]["nanogpt"], report["baby"][key]
+            n, o = report["baby"][peer], report["baby"][key]
             out(f"| (a) baby{label}, ms/iter (median) | {med(n, 'ms_per_iter'):.1f} | "
                   f"{med(o, 'ms_per_iter'):.1f} | {med(o, 'ms_per_iter') / med(n, 'ms_per_iter'):.2f} |")
             out(f"| (a) baby{label}, val loss at iter 200 | {med(n, 'val_loss'):.3f} | {med(o, 'val_loss'):.3f} | "
                   f"{med(o, 'val_loss') - med(n, 'val_loss'):+.3f} (difference) |")
         if report["full"][key]:
-            n, o = report["full"]["nanogpt"], report["full"][key]
+            n, o = report["full"][peer], report["full"][key]
             out(f"| (b) shakespeare_char 6/6/384{label}, s/iter (median) | {med(n, 's_per_iter'):.2f} | "
                   f"{med(o, 's_per_iter'):.2f} | {med(o, 's_per_iter') / med(n, 's_per_iter'):.2f} |")
+            if peer != "nanogpt":
+                continue
             out(f"| (b) our model FLOP/s{label} vs measured f32 matmul peak | | "
                   f"{med(o, 'model_flops_per_s') / 1e9:.0f} / {med(o, 'peak_flops_per_s') / 1e9:.0f} GFLOP/s | "
                   f"{med(o, 'model_flops_per_s') / med(o, 'peak_flops_per_s'):.2f} of peak |")
