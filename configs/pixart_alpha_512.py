@@ -15,11 +15,12 @@ PixArt-α's 512 px recipe: AdamW lr 2e-5, weight decay 0.03, eps 1e-10, gradient
 1000 warm-up steps, learned sigma, linear schedule (T = 1000), eps prediction, caption
 dropout 0.1 for guidance 4.5, gradient checkpointing, EMA 0.9999; it trains 38-40 images
 per GPU. On a 12 GB card that recipe's f32 AdamW moments + f32 EMA + f32 params are 9.1 GiB
-before a single activation and it does not fit at any micro-batch; 8-bit AdamW does not
-either (its update makes full-size f32 temporaries). This config therefore swaps AdamW for
-Adafactor (factored second moment: 7 MiB of state; optim.kind) and takes batch 32 in 8
-micro-batches of 4: 11.2 of 12 GiB planned with the EMA, 9.0 without (BENCHMARKS.md,
-"Light Stable Diffusion memory plan"). :smoke is a 10-step check of the model on the
+before a single activation and it does not fit at any micro-batch. This config therefore
+swaps AdamW for Adafactor (factored second moment: 7 MiB of state; optim.kind) and takes
+batch 32 in 8 micro-batches of 4: 11.2 of 12 GiB planned with the EMA, 9.0 without. The
+closer alternative, 8-bit AdamW (`--config.optim.kind=adamw8bit`), fits with the EMA only at
+micro-batches of 1 (`--config.train.micro_batches=32`: 10.95 GiB; 12.49 at micro-batch 4)
+(BENCHMARKS.md, "DiT-XL/2 and PixArt-α 512 on latents"). :smoke is a 10-step check of the model on the
 generated captioned shapes (16 px pixels, the byte caption encoder; no files).
 """
 from jaxmodels.config import ConfigError
