@@ -221,3 +221,25 @@ def test_large_unstacked_leaf_is_updated_in_equal_slices(monkeypatch):
         assert ma.output_size_in_bytes - ma.alias_size_in_bytes < 0.01 * size   # in place
         temps[name] = ma.temp_size_in_bytes / size
     assert temps["sliced"] < 0.2 and temps["whole"] > 1.5, temps
+
+
+@pytest.mark.slow  # ~1-2 min: two smoke runs and a killed one
+def test_exact_resume_after_kill_9_with_a_sliced_leaf(tmp_path, monkeypatch):
+    """The char GPT's 256 x 32 embedding updated in 8 slices (CHUNK lowered to 1024 values in
+    every process), bf16 params with their rounding noise drawn per slice: killed at step 15
+    and resumed from step 10, the losses and params equal the straight run's."""
+    spec = os.path.join(ROOT, "configs", "gpt_shakespeare_char.py:smoke")
+    overrides = ["data.max_bytes=20000", "train.eval_every=0", "optim.kind=adamw8bit",
+                 "optim.param_dtype=bfloat16"]
+    monkeypatch.setattr(adam8bit, "CHUNK", 1024)
+    assert adam8bit._chunk_size(jax.ShapeDtypeStruct((256, 32), jnp.float32)) == 1024
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    train(load_config(spec, overrides), straight)
+    script = "import jaxmodels.train.adam8bit as a\na.CHUNK = 1024\n" + KILL_AT_15
+    proc = subprocess.run([sys.executable, "-c", script, "--config", spec, "--workdir", killed,
+                           *[f"--config.{o}" for o in overrides]], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert Checkpointer(killed).all_steps() == [10]
+    train(load_config(spec, overrides), killed)
+    assert _losses(killed) == _losses(straight) and len(_losses(straight)) >= 4
+    assert bit_identical(load_params(straight)[1], load_params(killed)[1])
