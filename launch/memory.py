@@ -12,6 +12,9 @@ compiles for N fake CPU devices, e.g. LLaMA-7B with FSDP over 8:
 --fit searches micro-batches, remat policy, optimizer-state format and scan chunk for the
 fastest plan that fits (jaxmodels/train/autofit.py) and prints it as flags to add; training
 with --config.memory.auto_fit=True runs that plan by itself.
+On a host without a GPU the estimate is of what a GPU would run: XLA:CPU's while-loop
+invariant code motion is off (below) and kernels.cross_entropy=auto counts as the chunked
+form a GPU picks (as_on_a_gpu), not the full logits a CPU run uses.
 Exit status 0 when it fits (--fit: a plan was found), 1 when it does not, 2 for a config error.
 """
 import os
@@ -46,13 +49,28 @@ if __name__ == "__main__":  # fake devices must be asked for before jax is impor
 # layer scan, so a CPU compile of a bf16-stored (frozen) base counts an f32 copy of the
 # entire model that a GPU, whose matmuls read bf16, never makes. Off for this estimate
 # (a CPU host with no GPU), before jax starts; docs/adapters.md has the measurement.
-if not os.path.exists("/dev/nvidia0") and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
+CPU_HOST = not os.path.exists("/dev/nvidia0") and os.environ.get("JAX_PLATFORMS", "cpu") == "cpu"
+if CPU_HOST:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_disable_hlo_passes=while-loop-invariant-code-motion").strip()
 
 from launch import _env  # noqa: F401,E402  (must come before jax)
 
 from jaxmodels.config import ConfigError  # noqa: E402
+
+
+def as_on_a_gpu(cfg) -> str:
+    """On a CPU host, estimate the loss a GPU would run: kernels.cross_entropy="auto" is the
+    full-logits form on a CPU (faster there) but the chunked one on a GPU
+    (jaxmodels/kernels/dispatch.py), whose vocabulary-sized f32 buffers the CPU plan would
+    otherwise count (LLaMA-3.2 1B, 128k vocabulary: 0.9 GiB). Returns the note to print
+    ("" when nothing changed)."""
+    kernels = cfg.get("kernels", None)
+    if not CPU_HOST or kernels is None or kernels.get("cross_entropy", "auto") != "auto":
+        return ""
+    kernels.cross_entropy = "xla"
+    return ("note: estimated as on a GPU: kernels.cross_entropy=auto is the chunked form there "
+            "(xla; on this CPU host it would be dense)")
 
 
 def main(argv=None) -> int:
@@ -67,6 +85,9 @@ def main(argv=None) -> int:
             raise ConfigError(f"--devices {devices} but jax already started with {jax.device_count()}: "
                               f"pass --devices on the command line of python -m launch.memory")
         _, cfg = parse(argv, __doc__, workdir=False)
+        note = as_on_a_gpu(cfg)
+        if note:
+            print(note)
         if fit:
             from jaxmodels.train.autofit import search
             result = search(cfg, log=lambda line: print(line, flush=True))

@@ -151,14 +151,17 @@ def _chunked_bwd(softcap, chunk, dtype, res, cts):
             dlogits_NK = dlogits_NK * (1.0 - jnp.square(jnp.tanh(z_NK / softcap)))
         d = dlogits_NK.astype(dtype)
         dh_NC = dh_NC + jnp.dot(d, w_KC.astype(dtype), preferred_element_type=jnp.float32)
-        dw_KC = jnp.dot(d.T, h_NC, preferred_element_type=jnp.float32)
+        # Each chunk's rows leave in the weight's own dtype: stacked in f32 and cast after
+        # the scan, a bf16 head's gradient was a whole f32 copy of the weight and then a
+        # bf16 one (the same values: the cast is elementwise either way).
+        dw_KC = jnp.dot(d.T, h_NC, preferred_element_type=jnp.float32).astype(weight_VC.dtype)
         return dh_NC, (dw_KC, jnp.sum(dlogits_NK, axis=0))
 
     dh_NC, (dw_nKC, db_nK) = lax.scan(step, jnp.zeros(hidden_NC.shape, jnp.float32),
                                       (jnp.arange(n, dtype=jnp.int32), w_nKC, b_nK))
     dw_VC = dw_nKC.reshape(n * K, C)[:V]
     db_V = db_nK.reshape(n * K)[:V]
-    return (dh_NC.astype(hidden_NC.dtype), dw_VC.astype(weight_VC.dtype),
+    return (dh_NC.astype(hidden_NC.dtype), dw_VC,
             db_V.astype(bias_V.dtype), None)
 
 

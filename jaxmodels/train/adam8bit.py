@@ -27,6 +27,12 @@ from jaxmodels.train.rounding import stochastic_round
 
 BLOCK = 256
 MIN_SIZE = 4096
+# A quantised leaf that is not a stack (an embedding, a tied 128k-vocabulary head) is updated
+# in slices of at most CHUNK values (whole blocks, so each slice's arithmetic is the whole
+# leaf's; bf16-stored params draw their rounding noise per slice): updated whole, its
+# de-quantised moments and their new values are four f32 copies of the leaf, held at once
+# (4 GiB for LLaMA-3.2 1B's 128k x 2048 embedding).
+CHUNK = 1 << 22
 
 
 def _dynamic_code(signed: bool) -> np.ndarray:
@@ -176,6 +182,31 @@ def _layer_loop(fn, n: int, grads_and_consts, carry):
     return jax.lax.fori_loop(0, n, body, carry)
 
 
+def _chunk_size(p) -> int:
+    """Values per slice for an unstacked quantised leaf larger than CHUNK: the largest
+    multiple of BLOCK up to CHUNK that divides its size, so the slices are equal, hold whole
+    blocks and need no padding (0: update the leaf whole: no such slice, or one under
+    CHUNK / 64 values, too many loop steps)."""
+    n = int(np.prod(p.shape))
+    if not _quantized(p) or _stacked(p) or n <= CHUNK or n % BLOCK:
+        return 0
+    blocks = n // BLOCK
+    best = max(d for d in range(1, CHUNK // BLOCK + 1) if blocks % d == 0)
+    return best * BLOCK if best * BLOCK * 64 >= CHUNK else 0
+
+
+def _chunk_loop(fn, g, mvp, chunk: int):
+    """fn over the leaf in equal slices of `chunk` values, written back in place: the flat
+    leaf and its moments are viewed as [n / chunk, ...] stacks (free reshapes of the same
+    bytes: the moments' blocks are the leaf's in order) and walked by _layer_loop."""
+    m, v, p = mvp
+    k = p.size // chunk
+    rows = lambda t: jax.tree.map(lambda x: x.reshape(k, -1), t)  # noqa: E731
+    m, v, new_p = _layer_loop(fn, k, rows(g), rows((m, v, p)))
+    flat = lambda t: jax.tree.map(lambda x: x.reshape(-1), t)  # noqa: E731
+    return flat(m), flat(v), new_p.reshape(p.shape)
+
+
 def adamw_8bit(schedule: Callable, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                clip_norm: float = 0.0, weight_decay: Union[float, Callable] = 0.0,
                decay_mask: Optional[Callable] = None) -> FusedTransformation:
@@ -263,7 +294,12 @@ def adamw_8bit(schedule: Callable, b1: float = 0.9, b2: float = 0.999, eps: floa
                 m, v, p = mvp
                 d, m, v = delta(g, m, v, p)
                 return m, v, store(p.astype(jnp.float32) + d, layer)
-            m, v, p = _layer_loop(one, p.shape[0], g, (m, v, p)) if _stacked(g) else one(g, (m, v, p))
+            if _stacked(g):
+                m, v, p = _layer_loop(one, p.shape[0], g, (m, v, p))
+            elif _chunk_size(g):
+                m, v, p = _chunk_loop(one, g, (m, v, p), _chunk_size(g))
+            else:
+                m, v, p = one(g, (m, v, p))
             new_p.append(p)
             mus.append(m)
             nus.append(v)

@@ -42,3 +42,19 @@ def test_launch_memory_exit_codes(capsys):
     assert "total" in capsys.readouterr().out
     assert main(["--config", TOY_CONFIG, "--config.memory.budget_gb=1e-5"]) == 1
     assert "does not fit; try: --config.train.micro_batches=2" in capsys.readouterr().out
+
+
+def test_launch_memory_estimates_the_gpu_loss_on_a_cpu_host(monkeypatch):
+    """On a CPU host launch.memory counts kernels.cross_entropy=auto as the chunked loss a
+    GPU runs (dispatch picks the full logits only on a CPU); an explicit choice is kept."""
+    import launch.memory as lm
+    from tests.train.util import toy_cfg
+    monkeypatch.setattr(lm, "CPU_HOST", True)
+    cfg = toy_cfg()
+    assert cfg.kernels.cross_entropy == "auto"
+    assert "chunked" in lm.as_on_a_gpu(cfg) and cfg.kernels.cross_entropy == "xla"
+    cfg.kernels.cross_entropy = "dense"
+    assert lm.as_on_a_gpu(cfg) == "" and cfg.kernels.cross_entropy == "dense"
+    monkeypatch.setattr(lm, "CPU_HOST", False)
+    cfg.kernels.cross_entropy = "auto"
+    assert lm.as_on_a_gpu(cfg) == "" and cfg.kernels.cross_entropy == "auto"
