@@ -40,7 +40,7 @@ class DamagedCheckpointWarning(RuntimeWarning):
     fault injection); not printed by default, because the same message is logged once."""
 
 
-warnings.filterwarnings("ignore", category=DamagedCheckpointWarning)
+warnings.filterwarnings("ignore", category=DamagedCheckpointWarning, append=True)  # -W options still win
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,7 +451,7 @@ def restore_newest(workdir: str, step: Optional[int] = None):
     from jaxmodels.tasks import build_task
     from jaxmodels.train.build import fresh_state, make_setup
 
-    _, meta = newest_meta(workdir, step)
+    readable, meta = newest_meta(workdir, step)
     cfg = ml_collections.ConfigDict(meta["config"])
     task = build_task(cfg)
     setup = make_setup(task, cfg)
@@ -459,8 +459,9 @@ def restore_newest(workdir: str, step: Optional[int] = None):
     base = lambda: fresh_state(task, cfg, setup)  # noqa: E731  (frozen base of LoRA runs)
     ckpt = Checkpointer(workdir, async_save=False, trainable=setup.trainable)
     try:
-        found = ckpt.restore(abstract, set_aside=False, base_state=base,
-                             steps=None if step is None else [step])
+        # Steps newer than `readable` have a damaged meta, reported once already.
+        steps = [step] if step is not None else [s for s in ckpt.all_steps() if s <= readable]
+        found = ckpt.restore(abstract, set_aside=False, base_state=base, steps=steps)
     finally:
         ckpt.close()
     if found is None:
