@@ -108,7 +108,7 @@ def _scaled_out(x, w_IO, dtype, add=None):
     return y / (s_x * s_w), res
 
 
-def _bitlinear_grads(dtype, res, g):
+def _bitlinear_bwd(dtype, res, g):
     x_q, s_x, w_q, s_w, x_token, w_token = res
     g = g.astype(dtype)
     # dx = g @ W~^T with W~ = W_q / s_w (STE through the activation rounding).
@@ -126,15 +126,7 @@ def _bitlinear(x: jax.Array, w_IO: jax.Array, dtype) -> jax.Array:
     return _scaled_out(x, w_IO, dtype)[0]
 
 
-def _bitlinear_fwd(x, w_IO, dtype):
-    return _scaled_out(x, w_IO, dtype)
-
-
-def _bitlinear_bwd(dtype, res, g):
-    return _bitlinear_grads(dtype, res, g)
-
-
-_bitlinear.defvjp(_bitlinear_fwd, _bitlinear_bwd)
+_bitlinear.defvjp(_scaled_out, _bitlinear_bwd)  # the forward is the primal plus its residuals
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -150,7 +142,7 @@ def _bitlinear_plus_fwd(x, w_IO, add, dtype):
 def _bitlinear_plus_bwd(dtype, res, g):
     res, add_token = res
     # (y + add * s) / s: the derivative in `add` is 1 (s cancels).
-    return _bitlinear_grads(dtype, res, g) + (g.astype(add_token.dtype),)
+    return _bitlinear_bwd(dtype, res, g) + (g.astype(add_token.dtype),)
 
 
 _bitlinear_plus.defvjp(_bitlinear_plus_fwd, _bitlinear_plus_bwd)
