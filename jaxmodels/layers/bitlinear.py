@@ -35,7 +35,7 @@ f32 [] (= 1 / s_w, the dequantisation multiplier), unpacked in XLA inside the ma
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -85,21 +85,27 @@ def _int_matmul(x_q, w_q_IO, dtype):
     return linear(x_q.astype(dtype), w_q_IO.astype(dtype), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _bitlinear(x: jax.Array, w_IO: jax.Array, dtype) -> jax.Array:
+def _scaled_out(x, w_IO, dtype, add=None):
+    """(y, residuals): y = x_q @ W_q / (s_x * s_w), plus `add` when given.
+
+    `add` (the adapter's output) joins the integer product before the division, as
+    (x_q @ W_q + add * s) / s with s = s_x * s_w, so the rescale stays the last operation
+    whatever is added. That keeps a zero adapter bit for bit out of the result: XLA turns
+    the division into a multiply by 1/s and its backends contract that multiply with an add
+    that follows in the same fusion (a residual, RoPE) into one FMA, fma(x_q W_q, 1/s, r).
+    Added after the rescale instead, a zero adapter would sit between the multiply and that
+    add, splitting the FMA into two roundings (~1 ulp off the model without an adapter).
+    """
     x_q, s_x = act_quant(x)
     w_q, s_w = weight_quant(w_IO)
-    return _int_matmul(x_q, w_q, dtype) / (s_x * s_w)
-
-
-def _bitlinear_fwd(x, w_IO, dtype):
-    x_q, s_x = act_quant(x)
-    w_q, s_w = weight_quant(w_IO)
-    y = _int_matmul(x_q, w_q, dtype) / (s_x * s_w)
+    y = _int_matmul(x_q, w_q, dtype)
+    if add is not None:
+        y = y + add.astype(jnp.float32) * (s_x * s_w)
     # int8 residuals: 1 byte per activation instead of 4. The zero-size arrays carry the
     # primal dtypes the cotangents must have.
-    return y, (x_q.astype(jnp.int8), s_x, w_q.astype(jnp.int8), s_w,
-               jnp.zeros((0,), x.dtype), jnp.zeros((0,), w_IO.dtype))
+    res = (x_q.astype(jnp.int8), s_x, w_q.astype(jnp.int8), s_w,
+           jnp.zeros((0,), x.dtype), jnp.zeros((0,), w_IO.dtype))
+    return y / (s_x * s_w), res
 
 
 def _bitlinear_bwd(dtype, res, g):
@@ -115,12 +121,42 @@ def _bitlinear_bwd(dtype, res, g):
     return dx.astype(x_token.dtype), dw.astype(w_token.dtype)
 
 
-_bitlinear.defvjp(_bitlinear_fwd, _bitlinear_bwd)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _bitlinear(x: jax.Array, w_IO: jax.Array, dtype) -> jax.Array:
+    return _scaled_out(x, w_IO, dtype)[0]
 
 
-def bitlinear(x: jax.Array, w_IO: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """y = quant(x) @ quant(W) with straight-through gradients; f32 out. w_IO: [in, out]."""
-    return _bitlinear(x, w_IO, jnp.dtype(dtype))
+_bitlinear.defvjp(_scaled_out, _bitlinear_bwd)  # the forward is the primal plus its residuals
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bitlinear_plus(x: jax.Array, w_IO: jax.Array, add: jax.Array, dtype) -> jax.Array:
+    return _scaled_out(x, w_IO, dtype, add)[0]
+
+
+def _bitlinear_plus_fwd(x, w_IO, add, dtype):
+    y, res = _scaled_out(x, w_IO, dtype, add)
+    return y, (res, jnp.zeros((0,), add.dtype))
+
+
+def _bitlinear_plus_bwd(dtype, res, g):
+    res, add_token = res
+    # (y + add * s) / s: the derivative in `add` is 1 (s cancels).
+    return _bitlinear_bwd(dtype, res, g) + (g.astype(add_token.dtype),)
+
+
+_bitlinear_plus.defvjp(_bitlinear_plus_fwd, _bitlinear_plus_bwd)
+
+
+def bitlinear(x: jax.Array, w_IO: jax.Array, dtype=jnp.float32, add: Optional[jax.Array] = None) -> jax.Array:
+    """y = quant(x) @ quant(W) (+ add) with straight-through gradients; f32 out. w_IO: [in, out].
+
+    add: [..., out], summed in before the output rescale (see _scaled_out: a zero `add`
+    then gives the result without it bit for bit, in any fusion); its gradient is g.
+    """
+    if add is None:
+        return _bitlinear(x, w_IO, jnp.dtype(dtype))
+    return _bitlinear_plus(x, w_IO, add, jnp.dtype(dtype))
 
 
 @jax.custom_jvp
@@ -143,8 +179,8 @@ def act_quant_ste(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def packed_bitlinear(x: jax.Array, packed_PI: jax.Array, weight_scale: jax.Array, out_features: int,
-                     dtype=jnp.float32) -> jax.Array:
-    """Inference from packed weights: y = (x_q @ W_q^T) * weight_scale / s_x, f32 out.
+                     dtype=jnp.float32, add: Optional[jax.Array] = None) -> jax.Array:
+    """Inference from packed weights: y = (x_q @ W_q^T) * weight_scale / s_x (+ add), f32 out.
 
     packed_PI: uint8 [ceil(out/4), in] in transformers' layout. Bit pair i of byte row j is
     output feature i*r + j (r = ceil(out/4)), so the matmul runs as four [r, in] blocks, each
@@ -152,6 +188,7 @@ def packed_bitlinear(x: jax.Array, packed_PI: jax.Array, weight_scale: jax.Array
     operand read) and the four outputs concatenated, so no unpacked copy of the whole
     matrix is needed. Differentiable in x with the straight-through gradient of the latent
     layer (dx = g W~^T), so LoRA adapters before a packed layer train (model.adapters).
+    add: as in `bitlinear`, summed in before the rescale (a zero `add` changes no bit).
     """
     x_q, s_x = act_quant_ste(x)
     x_q = x_q.astype(dtype)
@@ -161,7 +198,10 @@ def packed_bitlinear(x: jax.Array, packed_PI: jax.Array, weight_scale: jax.Array
         outs.append(flat_dot_general(x_q, w_RI, (((x.ndim - 1,), (1,)), ((), ())),
                                      preferred_element_type=jnp.float32))
     y = jnp.concatenate(outs, axis=-1)[..., :out_features]
-    return y * (weight_scale.astype(jnp.float32) / s_x)
+    rescale = weight_scale.astype(jnp.float32) / s_x
+    if add is not None:
+        y = y + add.astype(jnp.float32) * (s_x / weight_scale.astype(jnp.float32))
+    return y * rescale
 
 
 class BitLinear(nn.Module):
@@ -187,27 +227,32 @@ class BitLinear(nn.Module):
             from jaxmodels.config import ConfigError
             raise ConfigError("BitNet's base is ternary already: drop model.adapters.quant=nf4 (LoRA over "
                               "the packed 2-bit base: --config.model.packed=True)")
-        y = self._base(x)
+        dtype = jnp.dtype(self.dtype)
+        weights = self._weights(x.shape[-1])
+        add = None
         if spec is not None and spec.lora_on(path):
             # LoRA beside the quantised layer, in full precision (the base stays ternary):
-            # y + (alpha / r) x A B, B = 0 at init.
+            # y + (alpha / r) x A B, B = 0 at init. The base sums it in before its output
+            # rescale (see _scaled_out: so a fresh adapter changes no bit of the output).
             from jaxmodels.layers.lora import lora_a_init
 
             a = self.param("lora_a", lora_a_init, (x.shape[-1], spec.rank), jnp.float32)
             b = self.param("lora_b", nn.initializers.zeros, (spec.rank, self.features), jnp.float32)
-            h = linear(linear(x.astype(y.dtype), a.astype(y.dtype)), b.astype(y.dtype))
-            y = y + h * jnp.asarray(spec.scale, y.dtype)
-        return y
+            add = linear(linear(x.astype(dtype), a.astype(dtype)), b.astype(dtype)) * jnp.asarray(spec.scale, dtype)
+        return self._apply(x, weights, add).astype(dtype)
 
-    def _base(self, x: jax.Array) -> jax.Array:
-        dtype = jnp.dtype(self.dtype)
-        in_features = x.shape[-1]
+    def _weights(self, in_features: int) -> tuple:
         if self.packed:
             rows = -(-self.features // 4)
-            packed = self.param("packed", nn.initializers.zeros, (rows, in_features), jnp.uint8)
-            scale = self.param("weight_scale", nn.initializers.ones, (), jnp.float32)
-            return packed_bitlinear(x, packed, scale, self.features, dtype).astype(dtype)
-        kernel = self.param("kernel", self.kernel_init, (in_features, self.features), jnp.float32)
-        if not self.quantize:
-            return linear(x.astype(dtype), kernel.astype(dtype)).astype(dtype)
-        return bitlinear(x, kernel, dtype).astype(dtype)
+            return (self.param("packed", nn.initializers.zeros, (rows, in_features), jnp.uint8),
+                    self.param("weight_scale", nn.initializers.ones, (), jnp.float32))
+        return (self.param("kernel", self.kernel_init, (in_features, self.features), jnp.float32),)
+
+    def _apply(self, x: jax.Array, weights: tuple, add: Optional[jax.Array]) -> jax.Array:
+        dtype = jnp.dtype(self.dtype)
+        if self.packed:
+            return packed_bitlinear(x, *weights, self.features, dtype, add)
+        if self.quantize:
+            return bitlinear(x, weights[0], dtype, add)
+        y = linear(x.astype(dtype), weights[0].astype(dtype)).astype(dtype)
+        return y if add is None else y + add

@@ -7,10 +7,12 @@ that still decodes (bytes changed in place) is caught by checksums (integrity.py
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import traceback
 import warnings
 from typing import Any, Callable, Optional
 
@@ -31,6 +33,34 @@ STATE_FIELDS = ("ema_decay", "skip_loss_z", "skip_window", "carry_state")  # car
 
 class CheckpointMismatchError(ConfigError):
     """The workdir holds a checkpoint of a model with other shapes than the config's."""
+
+
+class DamagedCheckpointWarning(RuntimeWarning):
+    """A checkpoint was skipped as damaged. Raised for callers that catch warnings (tests,
+    fault injection); not printed by default, because the same message is logged once."""
+
+
+warnings.filterwarnings("ignore", category=DamagedCheckpointWarning, append=True)  # -W options still win
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """Why a checkpoint did not read, as text (name, message, formatted traceback)."""
+    name: str
+    text: str
+    traceback: str
+
+    @classmethod
+    def of(cls, error: BaseException) -> "_Failure":
+        return cls(type(error).__name__, str(error), "".join(traceback.format_exception(error)))
+
+
+class _Damaged(Exception):
+    """Checkpointer._read: this checkpoint does not read or verify (`error` says why)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -277,26 +307,23 @@ class Checkpointer:
         errors = []
         base = None
         for step in reversed(steps):
+            held = save_log.hold()  # what a failed read leaves behind goes to a details file
             try:
-                meta = self.restore_meta(step)
-            except Exception as e:  # damaged meta: try an older checkpoint
-                errors.append(self._skip(step, e))
+                meta, restored = self._read(step, abstract_state, data_iter, check_meta)
+                failed = None
+            except _Damaged as damaged:
+                # Text only: the exception's frames keep the read's coroutines alive, and
+                # drop() must let the garbage collector finalise them while still held.
+                failed = _Failure.of(damaged.error)
+            except BaseException:
+                if held:
+                    save_log.release()
+                raise
+            if failed is not None:
+                errors.append(self._skip(step, failed, save_log.drop(failed.traceback) if held else None))
                 continue
-            if check_meta is not None:
-                check_meta(meta)
-            items = dict(state=ocp.args.StandardRestore(strip_frozen(abstract_state, self.trainable)))
-            if data_iter is not None:
-                import grain
-                items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-            try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-                integrity.verify_tree(restored["state"], meta.get("checksums"), f"checkpoint {step}")
-                if data_iter is not None and "data_crc32" in meta:
-                    if integrity.json_crc(data_iter.get_state()) != meta["data_crc32"]:
-                        raise integrity.ChecksumMismatchError(f"checkpoint {step}: data position checksum mismatch")
-            except Exception as e:
-                errors.append(self._skip(step, e))
-                continue
+            if held:
+                save_log.release()  # the read went well: what was held prints as it was
             state = restored["state"]
             if self.trainable is not None:
                 base = base if base is not None else base_state()
@@ -310,6 +337,29 @@ class Checkpointer:
                 f"no checkpoint in {checkpoint_dir(self.workdir)} could be restored (steps {steps}): "
                 + " | ".join(errors) + ". Move the folder away to start over.")
         return None
+
+    def _read(self, step: int, abstract_state: PyTree, data_iter, check_meta) -> tuple[dict, dict]:
+        """(meta, restored items) of checkpoint `step`; _Damaged when it does not read or verify
+        (check_meta's own errors pass through: a user error, never a reason to fall back)."""
+        try:
+            meta = self.restore_meta(step)
+        except Exception as e:  # damaged meta: the caller tries an older checkpoint
+            raise _Damaged(e) from None
+        if check_meta is not None:
+            check_meta(meta)
+        items = dict(state=ocp.args.StandardRestore(strip_frozen(abstract_state, self.trainable)))
+        if data_iter is not None:
+            import grain
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            integrity.verify_tree(restored["state"], meta.get("checksums"), f"checkpoint {step}")
+            if data_iter is not None and "data_crc32" in meta:
+                if integrity.json_crc(data_iter.get_state()) != meta["data_crc32"]:
+                    raise integrity.ChecksumMismatchError(f"checkpoint {step}: data position checksum mismatch")
+        except Exception as e:
+            raise _Damaged(e) from None
+        return meta, restored
 
     def _check_base(self, meta: dict, base, step: int) -> None:
         saved = meta.get("base_fingerprint")
@@ -353,12 +403,15 @@ class Checkpointer:
             multihost_utils.sync_global_devices("jaxmodels_set_aside")
         self.manager.reload()
 
-    def _skip(self, step: int, error: Exception) -> str:
+    def _skip(self, step: int, error: "_Failure", details: Optional[str] = None) -> str:
         msg = (f"checkpoint {step} in {checkpoint_dir(self.workdir)} is damaged "
-               f"({type(error).__name__}: {str(error)[:200]}); falling back to an older one")
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+               f"({error.name}: {error.text.replace(chr(10), ' ')[:200]}); falling back to an older one"
+               + (f" (details: {details})" if details else ""))
+        # One line on stderr (the log record); the warning is for callers that catch it and
+        # is not printed (see DamagedCheckpointWarning).
+        warnings.warn(msg, DamagedCheckpointWarning, stacklevel=3)
         log.warning(msg)
-        return f"{step}: {type(error).__name__}"
+        return f"{step}: {error.name}"
 
 
 def abstract_with_sharding(tree: PyTree, sharding=None) -> PyTree:
@@ -382,7 +435,7 @@ def newest_meta(workdir: str, step: Optional[int] = None) -> tuple[int, dict]:
             try:
                 return s, probe.restore_meta(s)
             except Exception as e:  # noqa: BLE001  (any damage: try an older one)
-                errors.append(probe._skip(s, e))
+                errors.append(probe._skip(s, _Failure.of(e)))
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
         raise NoGoodCheckpointError(f"no checkpoint in {checkpoint_dir(workdir)} has a readable meta "
@@ -398,7 +451,7 @@ def restore_newest(workdir: str, step: Optional[int] = None):
     from jaxmodels.tasks import build_task
     from jaxmodels.train.build import fresh_state, make_setup
 
-    _, meta = newest_meta(workdir, step)
+    readable, meta = newest_meta(workdir, step)
     cfg = ml_collections.ConfigDict(meta["config"])
     task = build_task(cfg)
     setup = make_setup(task, cfg)
@@ -406,8 +459,9 @@ def restore_newest(workdir: str, step: Optional[int] = None):
     base = lambda: fresh_state(task, cfg, setup)  # noqa: E731  (frozen base of LoRA runs)
     ckpt = Checkpointer(workdir, async_save=False, trainable=setup.trainable)
     try:
-        found = ckpt.restore(abstract, set_aside=False, base_state=base,
-                             steps=None if step is None else [step])
+        # Steps newer than `readable` have a damaged meta, reported once already.
+        steps = [step] if step is not None else [s for s in ckpt.all_steps() if s <= readable]
+        found = ckpt.restore(abstract, set_aside=False, base_state=base, steps=steps)
     finally:
         ckpt.close()
     if found is None:

@@ -14,9 +14,23 @@ that started the save. A save that succeeds releases it all as it was (nothing i
 a failed one writes it to a details file that its one-line error names, and later output
 from those threads goes to that file too. `redirect_stderr_to` does the same for whatever
 the process prints at interpreter exit.
+
+Restores are held the same way (Checkpointer.restore). A read that fails on a damaged
+checkpoint leaves Orbax's read coroutines behind; they catch the GeneratorExit of their
+closing as an error, so whenever the garbage collector gets to them (later, anywhere in
+the run) Python prints an `Exception ignored in: <coroutine ...>` traceback for each,
+after our one-line "damaged, falling back" warning. So while a step is read,
+unraisable-exception reports are held too; if the read fails, `drop` collects that garbage
+at once (so its reports come now, into the hold) and writes everything held to a details
+file the warning names; a read that succeeds releases what was held as it was. Some of
+those coroutines are still referenced then (by the read's own threads) and are finalised
+later, and TensorStore's threads may still wake the read's closed event loop; from a failed
+read on, those reports go to the newest such file whenever they come (`_leftover`), and
+every other unraisable report prints as usual.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -26,6 +40,38 @@ import traceback
 from typing import Optional
 
 _PASS = "_jaxmodels_released"  # set on a record released after a good save: let it through
+_leftovers: Optional[str] = None  # the details file of the newest failed restore read
+
+
+def _format_unraisable(args) -> str:
+    head = f"{args.err_msg or 'Exception ignored in'}: {args.object!r}\n"
+    return head + "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _leftover(args) -> bool:
+    """After a failed restore read, an unraisable report that the read left behind: an Orbax
+    read coroutine finalised, or TensorStore's threads waking the read's closed event loop
+    (`RuntimeError: Event loop is closed`, as after a failed save). Appended to that read's
+    details file (True), else left to the caller (False)."""
+    if _leftovers is None:
+        return False
+    code = getattr(args.object, "cr_code", None)
+    orbax_coroutine = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+    closed_loop = args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed"
+    if not (orbax_coroutine or closed_loop):
+        return False
+    try:
+        with open(_leftovers, "a") as f:
+            f.write(_format_unraisable(args))
+    except OSError:
+        pass
+    return True
+
+
+def _unraisable_hook(args) -> None:
+    """sys.unraisablehook from the first failed restore read on (see the module docstring)."""
+    if not _leftover(args):
+        sys.__unraisablehook__(args)
 
 
 def _from_orbax(record: logging.LogRecord) -> bool:
@@ -52,6 +98,7 @@ class _HeldOutput(logging.Filter):
         self.real = stderr
         self.owner = threading.get_ident()
         self.details: Optional[str] = None  # after a failure: other threads write here
+        self.real_hook = sys.unraisablehook
 
     # -- logging.Filter
     def filter(self, record: logging.LogRecord) -> bool:
@@ -79,6 +126,17 @@ class _HeldOutput(logging.Filter):
     def flush(self) -> None:
         self.real.flush()
 
+    # -- the sys.unraisablehook stand-in (any thread: the garbage collector runs in any)
+    def unraisable(self, args) -> None:
+        if _leftover(args):
+            return
+        text = _format_unraisable(args)
+        with self.lock:
+            if self.details is not None:
+                self._append(text)
+            elif sum(map(len, self.text)) < 1_000_000:
+                self.text.append(text)
+
     def __getattr__(self, name):  # fileno, isatty, encoding, ...
         return getattr(self.real, name)
 
@@ -94,33 +152,45 @@ _held: Optional[_HeldOutput] = None
 _install_lock = threading.Lock()
 
 
-def hold() -> None:
-    """From now until release() (or for good, after a failure): what other threads print
-    is held back (a save is in flight)."""
+def hold() -> bool:
+    """From now until release() (or for good, after a failed save): what other threads print,
+    and unraisable-exception reports, are held back (a save is in flight, or a restore reads).
+    Returns False when a hold was in place already (then its owner releases it)."""
     global _held
     with _install_lock:
         if _held is not None:
-            return
+            return False
         _held = _HeldOutput(sys.stderr)
         logging.getLogger("absl").addFilter(_held)
         for handler in _handlers():
             handler.addFilter(_held)
         sys.stderr = _held
+        sys.unraisablehook = _held.unraisable
+        return True
 
 
-def release() -> None:
-    """The save went well: print what was held, as it was (it was not about a failure), and
-    stop holding."""
+def _uninstall() -> Optional[_HeldOutput]:
     global _held
     with _install_lock:
         held, _held = _held, None
         if held is None:
-            return
+            return None
         logging.getLogger("absl").removeFilter(held)
         for handler in _handlers():
             handler.removeFilter(held)
         if sys.stderr is held:
             sys.stderr = held.real
+        if sys.unraisablehook == held.unraisable:
+            sys.unraisablehook = held.real_hook
+        return held
+
+
+def release() -> None:
+    """The save (or read) went well: print what was held, as it was (it was not about a
+    failure), and stop holding."""
+    held = _uninstall()
+    if held is None:
+        return
     with held.lock:
         records, text = held.records, held.text
         held.records, held.text = [], []
@@ -146,6 +216,38 @@ def write_details(error: BaseException) -> Optional[str]:
                     f.write("".join(fmt.format(r) + "\n" for r in _held.records) + "".join(_held.text))
                     _held.records, _held.text, _held.details = [], [], path
             f.write("".join(traceback.format_exception(error)))
+        return path
+    except OSError:
+        if fd >= 0:
+            os.close(fd)
+        return None
+
+
+def drop(error_text: str) -> Optional[str]:
+    """A restore's read failed and the caller falls back to another checkpoint: collects the
+    read's garbage now (its coroutines' `Exception ignored` reports land in the hold; the
+    caller must hold no reference to the error any more, hence its text), writes what was
+    held and `error_text` to a details file in the temp folder, and stops holding without
+    printing any of it. Returns the file's path (None if it could not be written or nothing
+    was held)."""
+    global _leftovers
+    if _held is None:
+        return None
+    gc.collect()
+    held = _uninstall()
+    with held.lock:
+        fmt = logging.Formatter()
+        text = "".join(fmt.format(r) + "\n" for r in held.records) + "".join(held.text)
+        held.records, held.text = [], []
+    fd, path = -1, None
+    try:
+        fd, path = tempfile.mkstemp(prefix="jaxmodels-restore-failed-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            fd = -1
+            f.write(text + error_text)
+        _leftovers = path
+        if sys.unraisablehook is sys.__unraisablehook__:
+            sys.unraisablehook = _unraisable_hook
         return path
     except OSError:
         if fd >= 0:

@@ -118,3 +118,24 @@ def test_packed_layer_equals_latent_layer():
     dx_packed = jax.grad(lambda v: jnp.sum(packed_bitlinear(v, jnp.asarray(packed), 1.0 / s_w, 12) * r))(x)
     dx_latent = jax.grad(lambda v: jnp.sum(bitlinear(v, w) * r))(x)
     np.testing.assert_allclose(np.asarray(dx_packed), np.asarray(dx_latent), rtol=1e-5, atol=1e-6)
+
+
+def test_added_term_joins_before_the_rescale():
+    """bitlinear / packed_bitlinear with `add`: a zero add gives the plain layer bit for bit
+    even when a residual add follows in the same jitted fusion (added after the rescale it
+    split XLA's multiply-add FMA and moved the result by an ulp); a nonzero add is a plain
+    sum and its gradient is the output gradient."""
+    x = jax.random.normal(jax.random.key(1), (2, 12, 32))
+    w = jax.random.normal(jax.random.key(2), (32, 32)) * 0.05
+    w_q, s_w = weight_quant(w)
+    packed, scale = jnp.asarray(pack_ternary(np.asarray(w_q).T)), 1.0 / s_w
+    zero = jnp.zeros((2, 12, 32))
+    h = jax.random.normal(jax.random.key(3), (2, 12, 32)) * 0.1
+    latent = lambda v, a=None: bitlinear(v, w, add=a)  # noqa: E731
+    packed_layer = lambda v, a=None: packed_bitlinear(v, packed, scale, 32, add=a)  # noqa: E731
+    for layer in (latent, packed_layer):
+        plain = np.asarray(jax.jit(lambda v: v + layer(v))(x))
+        np.testing.assert_array_equal(np.asarray(jax.jit(lambda v, a: v + layer(v, a))(x, zero)), plain)
+        np.testing.assert_allclose(np.asarray(layer(x, h)), np.asarray(layer(x) + h), rtol=1e-6, atol=1e-6)
+        dh = jax.grad(lambda a: jnp.sum(layer(x, a) * x))(h)
+        np.testing.assert_allclose(np.asarray(dh), np.asarray(x), rtol=1e-6)

@@ -26,7 +26,7 @@ def _meta_file(workdir, step):
 
 
 @pytest.mark.parametrize("how", ["garbage", "no_config", "removed"])
-def test_load_params_falls_back_past_a_damaged_meta(toy_run, tmp_path, how):
+def test_load_params_falls_back_past_a_damaged_meta(toy_run, tmp_path, how, caplog):
     workdir = str(tmp_path / "run")
     shutil.copytree(toy_run, workdir)
     reference = load_params(toy_run, step=10)[1]
@@ -39,9 +39,12 @@ def test_load_params_falls_back_past_a_damaged_meta(toy_run, tmp_path, how):
             json.dump({"signature": {}}, f)
     else:
         os.remove(path)
-    with pytest.warns(RuntimeWarning, match="checkpoint 20 .* damaged"):
+    with pytest.warns(RuntimeWarning, match="checkpoint 20 .* damaged") as caught:
         _, params = load_params(workdir)
     assert bit_identical(params, reference)
+    # reported once (the meta probe and the restore both met it), as one warning and one log line
+    assert len([w for w in caught if "damaged" in str(w.message)]) == 1
+    assert len([r for r in caplog.records if "is damaged" in r.getMessage()]) == 1
 
 
 def test_launch_generate_uses_the_fallback(tmp_path, capsys):
