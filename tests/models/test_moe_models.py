@@ -82,13 +82,15 @@ def test_lm_task_adds_weighted_router_losses_in_training_only():
     batch = {"inputs": jax.random.randint(jax.random.key(1), (2, 12), 0, 64, dtype=jnp.int32),
              "targets": jax.random.randint(jax.random.key(2), (2, 12), 0, 64, dtype=jnp.int32),
              "mask": jnp.ones((2, 12))}
-    train_loss, aux = task.loss(params, batch, jax.random.key(3), train=True)
-    eval_loss, eval_aux = task.loss(params, batch, jax.random.key(3), train=False)
-    ce, _ = token_cross_entropy(task.logits(params, batch["inputs"]), batch["targets"], batch["mask"])
+    # Jitted: op by op, the layer scans made this test take ~25 s.
+    loss = jax.jit(task.loss, static_argnames="train")
+    train_loss, aux = loss(params, batch, jax.random.key(3), train=True)
+    eval_loss, eval_aux = loss(params, batch, jax.random.key(3), train=False)
+    ce, _ = token_cross_entropy(jax.jit(task.logits)(params, batch["inputs"]), batch["targets"], batch["mask"])
     np.testing.assert_allclose(eval_loss, ce, rtol=1e-6)
     np.testing.assert_allclose(train_loss, ce + 0.5 * aux["moe_aux"] + 0.25 * aux["moe_z"], rtol=1e-6)
     assert 4 * 0.99 < float(aux["moe_aux"]) and float(aux["moe_dropped"]) == 0.0  # 4 layers, each >= ~1
     loads = np.array([[float(aux[f"moe_load/l{l}_e{e}"]) for e in range(4)] for l in range(4)])
     np.testing.assert_allclose(loads.sum(axis=1), 1.0, rtol=1e-6)
-    grads = jax.grad(lambda p: task.loss(p, batch, jax.random.key(3))[0])(params)
+    grads = jax.jit(jax.grad(lambda p: task.loss(p, batch, jax.random.key(3))[0]))(params)
     assert float(jnp.abs(grads["h"]["moe"]["router"]).max()) > 0
