@@ -7,7 +7,7 @@ combinations; evaluation prompts exactly those, so the model must compose attrib
 
     # PixArt-S-like (384 wide, 12 deep, 4x4 patches on 32x32 RGB); a GPU-sized job
     python -m launch.train --config configs/pixart_small.py
-    # the CPU recipe: 2200 steps of batch 64 (~17 min on 2 idle cores); held-out captions:
+    # the CPU recipe: 2200 steps of batch 64 (15 min on 2 idle cores); held-out captions:
     # shape 66%, mean attribute accuracy 93% (measured: BENCHMARKS.md, "PixArt on the CPU")
     python -m launch.train --config configs/pixart_small.py:cpu
     # tiny, ~10 steps (tests)
@@ -41,7 +41,7 @@ def get_config(arg=None):
     c.train.update(steps=100_000, batch_size=128, log_every=10, eval_every=5000, eval_batches=4,
                    checkpoint_every=1000, ema_decay=0.9999, ema_warmup=False)
     c.train.cpu_variant = ("python -m launch.train --config configs/pixart_small.py:cpu "
-                           "(~17 min on 2 CPU cores; held-out captions: 93% of the attributes, 66% of the shapes right)")
+                           "(~15 min on 2 CPU cores; held-out captions: 93% of the attributes, 66% of the shapes right)")
 
     if arg == "cpu":
         # As dit_small.py:cpu (4 x 128, 4x4 patches, v-prediction, cosine schedule, no min-SNR,
