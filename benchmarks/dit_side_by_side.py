@@ -13,6 +13,8 @@ recipe (the train_throughput DiT row), and that recipe with bf16 matmul operands
 (`kernels.matmul=bf16`, f32 accumulation: the CPU's bf16 units, AMX on recent Xeons). Runs alternate peer, ours, ours-best, peer, ...; each run
 reports the median of its timed steps after warm-up; the table gives medians over runs and
 the ratio ours / peer, plus model FLOP/s as a fraction of the measured f32 matmul peak.
+--peer-bf16 also times the peer with PyTorch's bf16-operand switch for f32 models
+(torch.backends.mkldnn.{matmul,conv}.fp32_precision='bf16') beside our kernels.matmul=bf16 row.
 """
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ load hits both alike; medians and ratios are reported:
       and eval excluded on both sides) and the val loss at iteration 200.
   (b) the full shakespeare_char model (6/6/384, block 256, batch 64): s/iteration over a
       few iterations (ours through jaxmodels.train.bench with the real data pipeline).
-Both run f32 on 2 threads.
+Both run f32 on 2 threads. --bf16 also times ours with bf16 matmul operands
+(kernels.matmul=bf16); --peer-bf16 also times nanoGPT with PyTorch's switch for the same
+(torch.backends.mkldnn.matmul.fp32_precision='bf16'), the like-for-like partner.
 """
 from __future__ import annotations
 
