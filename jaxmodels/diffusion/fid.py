@@ -172,14 +172,13 @@ def fid_against(ref: str, inception: str, images: Optional[np.ndarray] = None, f
     else:
         count, batches = folder_batches(folder, batch_size)
     feats = features(count, batches, progress=progress, desc="samples")
+    sample_logits = features.last_logits  # before the reference pass replaces them
     out: dict = {}
     if ref:
-        sample_logits = features.last_logits
         mu, sigma = statistics(feats)
         mu_ref, sigma_ref = reference_statistics(ref, features, progress)
         out["fid"] = frechet_distance(mu, sigma, mu_ref, sigma_ref)
-        features.last_logits = sample_logits
     if is_splits > 0:
-        out["is"], out["is_std"] = inception_score(features.last_logits, is_splits)
+        out["is"], out["is_std"] = inception_score(sample_logits, is_splits)
     out["num"] = int(count)
     return out

@@ -294,10 +294,11 @@ def adamw_8bit(schedule: Callable, b1: float = 0.9, b2: float = 0.999, eps: floa
                 m, v, p = mvp
                 d, m, v = delta(g, m, v, p)
                 return m, v, store(p.astype(jnp.float32) + d, layer)
+            chunk = _chunk_size(g)  # 0 for stacked leaves and small ones
             if _stacked(g):
                 m, v, p = _layer_loop(one, p.shape[0], g, (m, v, p))
-            elif _chunk_size(g):
-                m, v, p = _chunk_loop(one, g, (m, v, p), _chunk_size(g))
+            elif chunk:
+                m, v, p = _chunk_loop(one, g, (m, v, p), chunk)
             else:
                 m, v, p = one(g, (m, v, p))
             new_p.append(p)

@@ -201,26 +201,41 @@ def release() -> None:
         held.real.write("".join(text))
 
 
-def write_details(error: BaseException) -> Optional[str]:
-    """A save failed with `error`: writes what was held and its traceback to a file in the
-    temp folder (the workdir's disk may be the full one), where the save's threads go on
-    writing; returns its path, or None if it could not be written."""
+def _held_text(held: _HeldOutput) -> str:
+    """What `held` holds, as text (log records formatted, then the raw output); call with
+    held.lock taken."""
+    fmt = logging.Formatter()
+    return "".join(fmt.format(r) + "\n" for r in held.records) + "".join(held.text)
+
+
+def _write_temp(prefix: str, text: str) -> Optional[str]:
+    """`text` in a new file in the temp folder (the workdir's disk may be the full one);
+    its path, or None if it could not be written."""
     fd, path = -1, None
     try:
-        fd, path = tempfile.mkstemp(prefix="jaxmodels-save-failed-", suffix=".log")
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=".log")
         with os.fdopen(fd, "w") as f:
             fd = -1
-            if _held is not None:
-                with _held.lock:
-                    fmt = logging.Formatter()
-                    f.write("".join(fmt.format(r) + "\n" for r in _held.records) + "".join(_held.text))
-                    _held.records, _held.text, _held.details = [], [], path
-            f.write("".join(traceback.format_exception(error)))
+            f.write(text)
         return path
     except OSError:
         if fd >= 0:
             os.close(fd)
         return None
+
+
+def write_details(error: BaseException) -> Optional[str]:
+    """A save failed with `error`: writes what was held and its traceback to a file in the
+    temp folder, where the save's threads go on writing; returns its path, or None if it
+    could not be written."""
+    trace = "".join(traceback.format_exception(error))
+    if _held is None:
+        return _write_temp("jaxmodels-save-failed-", trace)
+    with _held.lock:
+        path = _write_temp("jaxmodels-save-failed-", _held_text(_held) + trace)
+        if path is not None:
+            _held.records, _held.text, _held.details = [], [], path
+        return path
 
 
 def drop(error_text: str) -> Optional[str]:
@@ -236,23 +251,14 @@ def drop(error_text: str) -> Optional[str]:
     gc.collect()
     held = _uninstall()
     with held.lock:
-        fmt = logging.Formatter()
-        text = "".join(fmt.format(r) + "\n" for r in held.records) + "".join(held.text)
+        text = _held_text(held)
         held.records, held.text = [], []
-    fd, path = -1, None
-    try:
-        fd, path = tempfile.mkstemp(prefix="jaxmodels-restore-failed-", suffix=".log")
-        with os.fdopen(fd, "w") as f:
-            fd = -1
-            f.write(text + error_text)
+    path = _write_temp("jaxmodels-restore-failed-", text + error_text)
+    if path is not None:
         _leftovers = path
         if sys.unraisablehook is sys.__unraisablehook__:
             sys.unraisablehook = _unraisable_hook
-        return path
-    except OSError:
-        if fd >= 0:
-            os.close(fd)
-        return None
+    return path
 
 
 def redirect_stderr_to(path: Optional[str]) -> None:
