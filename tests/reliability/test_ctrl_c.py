@@ -12,7 +12,7 @@ import pytest
 
 from tests.train.util import ROOT, TOY_CONFIG
 
-STEPS = 300
+STEPS = 5000  # far more than the 7 s of the longest delay can train, on any machine
 
 
 @pytest.mark.parametrize("delay", [0.5, 2.0, 4.0, 7.0])
