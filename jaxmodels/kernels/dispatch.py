@@ -12,7 +12,10 @@ Config (`kernels` section of every config, jaxmodels/train/defaults.py):
 - "auto": Pallas on a GPU for the ops in PALLAS_FASTER_ON_GPU (the ops whose kernel was
   measured faster than the XLA form there by benchmarks/gpu_kernels.py), the XLA form
   everywhere else. The set is empty until a GPU run has measured it.
-  cross_entropy on a CPU is the exception: "auto" there is "dense". The chunked form
+  cross_entropy on a CPU is the exception: "auto" there is "dense".
+  attention also takes "cpu": the C++ custom call of jaxmodels/kernels/cpu_attention.py
+  (1.5-2.2x faster than the einsum path, forward + backward; BENCHMARKS.md "CPU speed per
+  machine type"). Opt-in for now, not "auto": see that module's docstring. The chunked form
   recomputes each chunk's logits in the backward pass (4 head matmuls instead of 3) and
   measured 1.15-1.3x slower for the head alone and 1.2x for a vocabulary-heavy train step
   (BENCHMARKS.md, "Chunked cross-entropy"); a CPU has the memory. Configs that need the
@@ -31,15 +34,17 @@ from jaxmodels.config import ConfigError
 
 MODES = ("auto", "pallas", "xla")
 OPS = {
-    "attention": MODES,
+    # "cpu": the C++ custom call of jaxmodels/kernels/cpu_attention.py (f32 on a CPU).
+    "attention": MODES + ("cpu",),
     "cross_entropy": MODES + ("dense",),
     "norm": MODES,
     "selective_scan": MODES,
     "rwkv7": MODES,
     "nf4_matmul": MODES,
     # Dense matmuls on a CPU (jaxmodels.layers.dense): "bf16" rounds f32 operands to bf16 and
-    # accumulates in f32 (the CPU's bf16 units: AMX on recent Xeons); "auto" / "xla": as given.
-    "matmul": ("auto", "xla", "bf16"),
+    # accumulates in f32 (the CPU's bf16 units: AMX on recent Xeons); "blas" runs f32 matmuls
+    # by NumPy's cblas_sgemm (jaxmodels/kernels/cpu_gemm.py); "auto" / "xla": XLA's own dot.
+    "matmul": ("auto", "xla", "bf16", "blas"),
 }
 DEFAULTS = {op: "auto" for op in OPS}
 # Ops whose Pallas kernel beat the XLA form on a GPU in benchmarks/gpu_kernels.py. No GPU

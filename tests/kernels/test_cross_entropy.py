@@ -163,6 +163,6 @@ def test_llama_untied_head_gives_head_input():
 
 def test_bad_kernel_mode_is_a_clear_error():
     from jaxmodels.config import ConfigError
-    with pytest.raises(ConfigError, match="kernels.attention='fast'; valid: auto, pallas, xla"):
+    with pytest.raises(ConfigError, match="kernels.attention='fast'; valid: auto, pallas, xla, cpu"):
         dispatch.configure({"attention": "fast"})
     dispatch.configure(None)
