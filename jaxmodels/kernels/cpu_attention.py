@@ -10,13 +10,16 @@ sgemm, and its backward recomputes the probabilities from the saved log-sum-exp.
 What it covers: f32, no sliding window, no soft-cap, aligned queries and keys (no KV-cache
 offset), causal or not, grouped-query heads, dropout on the probabilities with the same hash mask
 as jaxmodels.layers.dropout (so the kernel and the einsum path drop the same elements). jaxmodels.layers.attention sends
-exactly that case here when config kernels.attention="cpu"; everything else takes the einsum
-path, which is also the reference tests/kernels/test_cpu_attention.py checks this against.
+exactly that case here when config kernels.attention is "cpu", which "auto" is on a CPU
+whenever the kernel builds; everything else takes the einsum path, which is also the reference
+tests/kernels/test_cpu_attention.py checks this against.
 
-Why opt-in and not the CPU default yet: with it, tests/layers/test_adapters.py's BitNet check
-that a LoRA model at init gives bit for bit the base model's output fails (58 of 1536 outputs
-differ by ~2e-8); both models run this kernel, deterministically, so their attention inputs
-must differ in the last bit somewhere the einsum path's fusion hides. Not yet traced.
+Same inputs give the same bits in every call (no -ffast-math; attention.cc says why). What a
+custom call does change: XLA can no longer fuse the ops that produce q and k (RoPE, a LoRA
+adapter's zero term) into the attention matmul, and the fusion it picks instead may round them
+differently in the last bit. So a BitNet LoRA model at init matches its base model to ~2e-8
+through this kernel and bit for bit through the einsum path (tests/layers/test_adapters.py
+checks both).
 """
 from __future__ import annotations
 

@@ -12,10 +12,10 @@ Config (`kernels` section of every config, jaxmodels/train/defaults.py):
 - "auto": Pallas on a GPU for the ops in PALLAS_FASTER_ON_GPU (the ops whose kernel was
   measured faster than the XLA form there by benchmarks/gpu_kernels.py), the XLA form
   everywhere else. The set is empty until a GPU run has measured it.
-  cross_entropy on a CPU is the exception: "auto" there is "dense".
-  attention also takes "cpu": the C++ custom call of jaxmodels/kernels/cpu_attention.py
-  (1.5-2.2x faster than the einsum path, forward + backward; BENCHMARKS.md "CPU speed per
-  machine type"). Opt-in for now, not "auto": see that module's docstring. The chunked form
+  Two exceptions on a CPU. cross_entropy: "auto" there is "dense". attention: "auto" there is
+  "cpu", the C++ custom call of jaxmodels/kernels/cpu_attention.py (2-3x faster than the
+  einsum path, forward + backward; BENCHMARKS.md "CPU speed per machine type") whenever it
+  builds on this machine (jaxmodels.kernels.cpu_ffi.available()), else the einsum path. The chunked form
   recomputes each chunk's logits in the backward pass (4 head matmuls instead of 3) and
   measured 1.15-1.3x slower for the head alone and 1.2x for a vocabulary-heavy train step
   (BENCHMARKS.md, "Chunked cross-entropy"); a CPU has the memory. Configs that need the
@@ -87,6 +87,9 @@ def choice(op: str) -> str:
         return "pallas"
     if op == "cross_entropy" and jax.default_backend() == "cpu":
         return "dense"
+    if op == "attention" and jax.default_backend() == "cpu":
+        from jaxmodels.kernels import cpu_ffi
+        return "cpu" if cpu_ffi.available() else "xla"
     return "xla"
 
 

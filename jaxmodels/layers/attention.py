@@ -16,10 +16,11 @@ since it lays q/k/v out head-major before the batched matmuls: nanoGPT's shakesp
 attention (64x256x6x64, fwd + bwd) took 223 ms against 330 ms through
 jax.nn.dot_product_attention, so `implementation=None` on a CPU backend means einsum.
 With config `kernels.attention=pallas` the aligned, dropout-free case runs the Pallas flash
-attention of jaxmodels/kernels/attention.py instead. With `kernels.attention=cpu` on a CPU,
-the aligned f32 case, dropout included, runs the C++ custom call of
-jaxmodels/kernels/cpu_attention.py (1.5-2.2x faster than the einsum path, forward + backward;
-docs/cpu_notes.md); the einsum path stays the reference.
+attention of jaxmodels/kernels/attention.py instead. On a CPU, "auto" (the default)
+sends the aligned f32 case, dropout included, to the C++ custom call of
+jaxmodels/kernels/cpu_attention.py (2-3x faster than the einsum path, forward + backward;
+docs/cpu_notes.md); the einsum path stays the reference, `kernels.attention=xla` picks it, and
+it is the fallback where the kernel cannot be built.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def attention(
         impl = dispatch.choice("attention")
         if impl == "pallas" and not use_dropout:  # config kernels.attention: flash attention
             return dispatch.attention(q_BTHD, k_BSKD, v_BSKD, causal=causal, window=window, scale=scale)
-        if impl == "cpu" and jax.default_backend() == "cpu":  # kernels.attention=cpu: the C++ kernel, dropout included
+        if impl == "cpu" and jax.default_backend() == "cpu":  # the C++ kernel (the CPU default), dropout included
             from jaxmodels.kernels import cpu_attention
             if cpu_attention.supported(q_BTHD, k_BSKD, v_BSKD, window=window):
                 return cpu_attention.cpu_attention(

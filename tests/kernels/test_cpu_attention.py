@@ -71,14 +71,15 @@ def test_dropout_drops_the_same_elements_as_the_einsum_path(causal, rate):
     assert float(jnp.max(jnp.abs(other - got))) > 1e-2
 
 
-def test_the_config_switch_runs_the_kernel_and_auto_keeps_the_einsum_path():
+def test_auto_runs_the_kernel_on_a_cpu_and_xla_keeps_the_einsum_path():
     q, k, v = _qkv(4, 1, 20, 20, 2, 2, 16)
     trace = lambda: str(jax.make_jaxpr(lambda *a: attention(*a, causal=True))(q, k, v))
-    assert "jaxmodels_cpu_attention_fwd" not in trace()
-    dispatch.configure({"attention": "cpu"})
+    assert dispatch.choice("attention") == "cpu"
     assert "jaxmodels_cpu_attention_fwd" in trace()
     np.testing.assert_allclose(attention(q, k, v, causal=True),
                                attention_einsum(q, k, v, attention_mask(20, 20)), atol=2e-6)
+    dispatch.configure({"attention": "xla"})
+    assert "jaxmodels_cpu_attention_fwd" not in trace()
 
 
 def test_unsupported_cases_keep_the_einsum_path():

@@ -89,7 +89,7 @@ def _find_sgemm():
 # No -ffast-math: its reassociated sums and libm's vector expf (which rounds differently from
 # the scalar one used on a row's unaligned ends) made results depend on buffer alignment, so the
 # same inputs could give different bits in two calls. attention.cc vectorises without it.
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-mprefer-vector-width=512", "-std=c++17", "-shared", "-fPIC")
 
 
 def _compile() -> str:

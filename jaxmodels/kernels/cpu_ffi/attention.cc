@@ -89,9 +89,9 @@ inline float RowMax(const float* x, int64_t n) {
   for (int i = 0; i < kLanes; ++i) lane[i] = x[0];
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int i = 0; i < kLanes; ++i) lane[i] = std::max(lane[i], x[j + i]);
+    for (int i = 0; i < kLanes; ++i) lane[i] = x[j + i] > lane[i] ? x[j + i] : lane[i];
   }
-  for (int i = 0; j + i < n; ++i) lane[i] = std::max(lane[i], x[j + i]);
+  for (int i = 0; j + i < n; ++i) lane[i] = x[j + i] > lane[i] ? x[j + i] : lane[i];
   float m = lane[0];
   for (int i = 1; i < kLanes; ++i) m = std::max(m, lane[i]);
   return m;
@@ -113,7 +113,7 @@ inline float Dot(const float* a, const float* b, int64_t n) {
 // r = x - n ln 2 (ln 2 in two parts), p the degree-7 Taylor-like polynomial of Cephes' expf
 // (relative error ~1e-7). Below -87 it returns 2^-126 * p, i.e. ~0, never a denormal.
 inline float Exp(float x) {
-  x = std::max(x, -87.0f);
+  x = x > -87.0f ? x : -87.0f;
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -125,25 +125,18 @@ inline float Exp(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * __builtin_bit_cast(float, bits);  // 2^n
 }
 
 // row[j] = exp(row[j] - shift) for j < n; returns their sum (16 fixed lanes).
 inline float ExpShifted(float* row, int64_t n, float shift) {
+  for (int64_t j = 0; j < n; ++j) row[j] = Exp(row[j] - shift);
   float lane[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int i = 0; i < kLanes; ++i) {
-      row[j + i] = Exp(row[j + i] - shift);
-      lane[i] += row[j + i];
-    }
+    for (int i = 0; i < kLanes; ++i) lane[i] += row[j + i];
   }
-  for (int i = 0; j + i < n; ++i) {
-    row[j + i] = Exp(row[j + i] - shift);
-    lane[i] += row[j + i];
-  }
+  for (int i = 0; j + i < n; ++i) lane[i] += row[j + i];
   float s = 0.0f;
   for (int i = 0; i < kLanes; ++i) s += lane[i];
   return s;
