@@ -13,8 +13,9 @@ compiles for N fake CPU devices, e.g. LLaMA-7B with FSDP over 8:
 fastest plan that fits (jaxmodels/train/autofit.py) and prints it as flags to add; training
 with --config.memory.auto_fit=True runs that plan by itself.
 On a host without a GPU the estimate is of what a GPU would run: XLA:CPU's while-loop
-invariant code motion is off (below) and kernels.cross_entropy=auto counts as the chunked
-form a GPU picks (as_on_a_gpu), not the full logits a CPU run uses.
+invariant code motion is off (below), kernels.cross_entropy=auto counts as the chunked
+form a GPU picks (as_on_a_gpu), not the full logits a CPU run uses, and kernels.attention=auto
+as XLA's attention, not the C++ kernel a CPU run uses.
 Exit status 0 when it fits (--fit: a plan was found), 1 when it does not, 2 for a config error.
 """
 import os
@@ -60,17 +61,26 @@ from jaxmodels.config import ConfigError  # noqa: E402
 
 
 def as_on_a_gpu(cfg) -> str:
-    """On a CPU host, estimate the loss a GPU would run: kernels.cross_entropy="auto" is the
+    """On a CPU host, estimate the kernels a GPU would run. kernels.cross_entropy="auto" is the
     full-logits form on a CPU (faster there) but the chunked one on a GPU
     (jaxmodels/kernels/dispatch.py), whose vocabulary-sized f32 buffers the CPU plan would
-    otherwise count (LLaMA-3.2 1B, 128k vocabulary: 0.9 GiB). Returns the note to print
-    ("" when nothing changed)."""
+    otherwise count (LLaMA-3.2 1B, 128k vocabulary: 0.9 GiB). kernels.attention="auto" is the
+    C++ CPU kernel on a CPU, whose buffers XLA cannot see; the einsum path ("xla") keeps the
+    estimate an XLA attention on a GPU would need. Returns the note to print ("" when nothing
+    changed)."""
     kernels = cfg.get("kernels", None)
-    if not CPU_HOST or kernels is None or kernels.get("cross_entropy", "auto") != "auto":
+    if not CPU_HOST or kernels is None:
         return ""
-    kernels.cross_entropy = "xla"
-    return ("note: estimated as on a GPU: kernels.cross_entropy=auto is the chunked form there "
-            "(xla; on this CPU host it would be dense)")
+    notes = []
+    if kernels.get("cross_entropy", "auto") == "auto":
+        kernels.cross_entropy = "xla"
+        notes.append("kernels.cross_entropy=auto is the chunked form there (xla; on this CPU host "
+                     "it would be dense)")
+    if kernels.get("attention", "auto") == "auto":
+        kernels.attention = "xla"
+        notes.append("kernels.attention=auto is counted as the XLA attention (on this CPU host it "
+                     "would be the C++ kernel)")
+    return ("note: estimated as on a GPU: " + "; ".join(notes)) if notes else ""
 
 
 def main(argv=None) -> int:

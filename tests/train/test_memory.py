@@ -52,7 +52,10 @@ def test_launch_memory_estimates_the_gpu_loss_on_a_cpu_host(monkeypatch):
     monkeypatch.setattr(lm, "CPU_HOST", True)
     cfg = toy_cfg()
     assert cfg.kernels.cross_entropy == "auto"
-    assert "chunked" in lm.as_on_a_gpu(cfg) and cfg.kernels.cross_entropy == "xla"
+    note = lm.as_on_a_gpu(cfg)
+    assert "chunked" in note and cfg.kernels.cross_entropy == "xla"
+    # attention=auto is the C++ kernel on a CPU, whose buffers XLA cannot count: the XLA form.
+    assert "C++ kernel" in note and cfg.kernels.attention == "xla"
     cfg.kernels.cross_entropy = "dense"
     assert lm.as_on_a_gpu(cfg) == "" and cfg.kernels.cross_entropy == "dense"
     monkeypatch.setattr(lm, "CPU_HOST", False)
