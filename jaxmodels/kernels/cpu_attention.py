@@ -30,7 +30,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.ad_checkpoint import checkpoint_name
+
 from jaxmodels.kernels import cpu_ffi
+
+# Checkpoint names of the forward's output and log-sum-exp. The dot-saving remat policies
+# (jaxmodels.layers.stack) keep them, as they keep a dot's output: otherwise a remat backward
+# pass runs the whole forward kernel again just to rebuild these two (q, k and v come from
+# the saved qkv projection). Costs one [B, T, H, D] activation per layer.
+OUT_NAME = "cpu_attention_out"
+LSE_NAME = "cpu_attention_lse"
 
 
 def supported(q_BTHD, k_BSKD, v_BSKD, *, window=None, softcap: float = 0.0) -> bool:
@@ -63,6 +72,7 @@ def _attention(q, k, v, words, statics):
 
 def _fwd(q, k, v, words, statics):
     out, lse = _forward(q, k, v, words, dict(statics))
+    out, lse = checkpoint_name(out, OUT_NAME), checkpoint_name(lse, LSE_NAME)
     return out, (q, k, v, lse, words)
 
 

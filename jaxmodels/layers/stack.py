@@ -13,16 +13,20 @@ import jax
 from jaxmodels.layers.dense import BF16_DOT_NAME
 
 _cp = jax.checkpoint_policies
-# The bf16 CPU matmul (jaxmodels.layers.dense.bf16_matmul) is a custom_vjp, not a dot_general
-# primitive, so the dot-saving policies also save its named output.
-_BF16_DOT = _cp.save_only_these_names(BF16_DOT_NAME)
+# The C++ CPU attention's output and log-sum-exp (jaxmodels.kernels.cpu_attention.OUT_NAME,
+# LSE_NAME; spelled here so this module does not import the kernel): the dot-saving policies
+# keep them too, so a remat backward pass does not run the attention forward again.
+_CPU_ATTENTION_NAMES = ("cpu_attention_out", "cpu_attention_lse")
+# The bf16 CPU matmul (jaxmodels.layers.dense.bf16_matmul) and the CPU attention are custom_vjp
+# calls, not dot_general primitives, so the dot-saving policies also save their named outputs.
+_CUSTOM_CALLS = _cp.save_only_these_names(BF16_DOT_NAME, *_CPU_ATTENTION_NAMES)
 REMAT_POLICIES = {
     "none": None,  # no remat: keep every activation
     "nothing_saveable": _cp.nothing_saveable,
     "everything_saveable": _cp.everything_saveable,
-    "dots_saveable": _cp.save_from_both_policies(_cp.dots_saveable, _BF16_DOT),
+    "dots_saveable": _cp.save_from_both_policies(_cp.dots_saveable, _CUSTOM_CALLS),
     "dots_with_no_batch_dims_saveable": _cp.save_from_both_policies(
-        _cp.dots_with_no_batch_dims_saveable, _BF16_DOT),
+        _cp.dots_with_no_batch_dims_saveable, _CUSTOM_CALLS),
 }
 
 

@@ -117,3 +117,24 @@ def test_under_remat_and_scan():
         return x + attention_einsum(x, k, v, attention_mask(33, 33)), None
 
     np.testing.assert_allclose(jax.grad(loss(layer))(q), jax.grad(loss(ref_layer))(q), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy,forwards", [("dots_with_no_batch_dims_saveable", 1), ("nothing_saveable", 2)])
+def test_dot_saving_remat_keeps_the_forward(policy, forwards):
+    """The dot-saving policies keep the kernel's output and log-sum-exp, so the backward pass
+    does not run the forward kernel again; nothing_saveable does rerun it."""
+    from jaxmodels.layers import stack
+
+    q, k, v = _qkv(9, 2, 40, 40, 2, 2, 8)
+    w = jnp.asarray(np.random.default_rng(10).standard_normal((8, 3 * 8)), jnp.float32)
+
+    def block(x):
+        qkv = x @ w  # a dot, saved by the dot policies: q, k, v are cheap to rebuild from it
+        q_, k_, v_ = jnp.split(qkv, 3, axis=-1)
+        return jnp.sum(jnp.tanh(cpu_attention(q_, k_, v_, causal=True)))
+
+    f = jax.checkpoint(block, policy=stack.REMAT_POLICIES[policy], prevent_cse=False)
+    jaxpr = str(jax.make_jaxpr(jax.grad(f))(q))
+    assert jaxpr.count("jaxmodels_cpu_attention_fwd") == forwards
+    assert jaxpr.count("jaxmodels_cpu_attention_bwd") == 1
+    np.testing.assert_allclose(jax.grad(f)(q), jax.grad(block)(q), rtol=1e-5, atol=1e-5)
