@@ -3,16 +3,17 @@
 Why: XLA:CPU runs softmax(q k^T) v as batched dots over [batch x heads] small matrices plus
 separate mask, softmax and transpose passes, at well under half of what the CPU does for the
 same FLOPs in PyTorch's scaled_dot_product_attention (DiT-S/2's 8 x 6 x 256 x 64, forward +
-backward: 32.7 ms against 15.7 ms on the Intel Xeon dev VM). attention.cc reads q/k/v in their
+backward: 44 ms against 15.7 ms on the Intel Xeon dev VM; this kernel 24 ms,
+`python -m benchmarks.cpu_attention_speed`). attention.cc reads q/k/v in their
 [B, T, H, D] layout, runs each (batch, head, block of 128 queries) as sgemm + one softmax pass +
 sgemm, and its backward recomputes the probabilities from the saved log-sum-exp.
 
 What it covers: f32, no sliding window, no soft-cap, aligned queries and keys (no KV-cache
 offset), causal or not, grouped-query heads, dropout on the probabilities with the same hash mask
-as jaxmodels.layers.dropout (so the kernel and the einsum path drop the same elements). jaxmodels.layers.attention sends
-exactly that case here when config kernels.attention is "cpu", which "auto" is on a CPU
-whenever the kernel builds; everything else takes the einsum path, which is also the reference
-tests/kernels/test_cpu_attention.py checks this against.
+as jaxmodels.layers.dropout (so the kernel and the einsum path drop the same elements).
+jaxmodels.layers.attention sends exactly that case here when config kernels.attention is
+"cpu", which "auto" is on a CPU whenever the kernel builds; everything else takes the einsum
+path, which is also the reference tests/kernels/test_cpu_attention.py checks this against.
 
 Same inputs give the same bits in every call (no -ffast-math; attention.cc says why). What a
 custom call does change: XLA can no longer fuse the ops that produce q and k (RoPE, a LoRA
@@ -29,7 +30,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxmodels.kernels import cpu_ffi
@@ -95,7 +95,7 @@ def cpu_attention(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array, *, ca
     causal: query t sees keys s <= t. scale: default D ** -0.5. dropout_rate with dropout_rng:
     dropout on the probabilities with jaxmodels.layers.dropout's mask (the same elements the
     einsum path drops for the same key)."""
-    cpu_ffi.require("kernels.attention='cpu'")
+    cpu_ffi.require("kernels.attention='cpu' (kernels.attention=xla runs the einsum path)")
     scale = q_BTHD.shape[-1] ** -0.5 if scale is None else float(scale)
     if dropout_rate > 0.0 and dropout_rng is not None:
         if dropout_rate >= 1.0:

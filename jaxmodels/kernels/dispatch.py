@@ -2,7 +2,7 @@
 
 Config (`kernels` section of every config, jaxmodels/train/defaults.py):
 
-    kernels.<op> = "auto" | "pallas" | "xla"        (cross_entropy also "dense")
+    kernels.<op> = "auto" | "pallas" | "xla"        (cross_entropy also "dense", attention "cpu")
 
 - "xla": the plain-JAX form, on every backend (for cross_entropy: the chunked form).
 - "pallas": the Pallas kernel; compiled (Triton) on GPU, run in interpret mode elsewhere
@@ -42,9 +42,8 @@ OPS = {
     "rwkv7": MODES,
     "nf4_matmul": MODES,
     # Dense matmuls on a CPU (jaxmodels.layers.dense): "bf16" rounds f32 operands to bf16 and
-    # accumulates in f32 (the CPU's bf16 units: AMX on recent Xeons); "blas" runs f32 matmuls
-    # by NumPy's cblas_sgemm (jaxmodels/kernels/cpu_gemm.py); "auto" / "xla": XLA's own dot.
-    "matmul": ("auto", "xla", "bf16", "blas"),
+    # accumulates in f32 (the CPU's bf16 units: AMX on recent Xeons); "auto" / "xla": as given.
+    "matmul": ("auto", "xla", "bf16"),
 }
 DEFAULTS = {op: "auto" for op in OPS}
 # Ops whose Pallas kernel beat the XLA form on a GPU in benchmarks/gpu_kernels.py. No GPU

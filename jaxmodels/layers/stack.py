@@ -10,16 +10,14 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
+from jaxmodels.kernels.cpu_attention import LSE_NAME, OUT_NAME
 from jaxmodels.layers.dense import BF16_DOT_NAME
 
 _cp = jax.checkpoint_policies
-# The C++ CPU attention's output and log-sum-exp (jaxmodels.kernels.cpu_attention.OUT_NAME,
-# LSE_NAME; spelled here so this module does not import the kernel): the dot-saving policies
-# keep them too, so a remat backward pass does not run the attention forward again.
-_CPU_ATTENTION_NAMES = ("cpu_attention_out", "cpu_attention_lse")
 # The bf16 CPU matmul (jaxmodels.layers.dense.bf16_matmul) and the CPU attention are custom_vjp
-# calls, not dot_general primitives, so the dot-saving policies also save their named outputs.
-_CUSTOM_CALLS = _cp.save_only_these_names(BF16_DOT_NAME, *_CPU_ATTENTION_NAMES)
+# calls, not dot_general primitives, so the dot-saving policies also save their named outputs
+# (for the attention: its output and log-sum-exp, so a remat backward does not rerun its forward).
+_CUSTOM_CALLS = _cp.save_only_these_names(BF16_DOT_NAME, OUT_NAME, LSE_NAME)
 REMAT_POLICIES = {
     "none": None,  # no remat: keep every activation
     "nothing_saveable": _cp.nothing_saveable,

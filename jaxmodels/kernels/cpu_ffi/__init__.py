@@ -8,9 +8,10 @@ XLA's own intra-op threads (common.h says why).
 
 The sources are compiled on first use with the system C++ compiler (`CXX`, else c++ / g++ /
 clang++) against the FFI headers jaxlib ships (jax.ffi.include_dir()), with -march=native,
-into ~/.cache/jaxmodels/kernels (XDG_CACHE_HOME respected), keyed by the sources, the jax
-version and the CPU, so a second run loads the cached library. The library is handed NumPy's
-cblas_sgemm address; NumPy's BLAS is set to one thread (the parts are the parallelism).
+into ~/.cache/jaxmodels/kernels ($JAXMODELS_CACHE respected, as for the other caches), keyed
+by the sources, the flags, the jax version and the CPU, so a second run loads the cached
+library. The library is handed NumPy's cblas_sgemm address; NumPy's BLAS is set to one thread
+(the parts are the parallelism).
 
 `available()` says whether this works here; when it does not (no compiler, a NumPy without a
 bundled CBLAS), `reason()` says why. The "auto" kernels then keep XLA's own ops, and asking
@@ -46,8 +47,8 @@ _state: dict = {}
 
 
 def _cache_dir() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "jaxmodels", "kernels")
+    from jaxmodels.train.flops import cache_dir
+    return os.path.join(cache_dir(), "kernels")
 
 
 def _cpu_id() -> str:
@@ -89,7 +90,8 @@ def _find_sgemm():
 # No -ffast-math: its reassociated sums and libm's vector expf (which rounds differently from
 # the scalar one used on a row's unaligned ends) made results depend on buffer alignment, so the
 # same inputs could give different bits in two calls. attention.cc vectorises without it.
-FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-mprefer-vector-width=512", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-mprefer-vector-width=512", "-std=c++17",
+         "-shared", "-fPIC")
 
 
 def _compile() -> str:
@@ -108,7 +110,8 @@ def _compile() -> str:
     os.makedirs(_cache_dir(), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
     os.close(fd)
-    cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), *[os.path.join(HERE, s) for s in SOURCES], "-o", tmp, "-lm"]
+    cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), *[os.path.join(HERE, s) for s in SOURCES],
+           "-o", tmp, "-lm"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         os.unlink(tmp)
@@ -123,8 +126,6 @@ def _load() -> None:
     if "ok" in _state:
         return
     try:
-        if jax.default_backend() != "cpu" and "cpu" not in {d.platform for d in jax.devices("cpu")}:
-            raise RuntimeError("no CPU backend")
         found = _find_sgemm()
         if found is None:
             raise RuntimeError("NumPy's libraries hold no cblas_sgemm with a thread setter "
