@@ -9,7 +9,15 @@ them alike. Prints each variant's median step time and its median ratio to the f
         --variant "" --variant "|xla_cpu_experimental_ynn_fusion_type=" --variant "model.scan_layers=False"
 
 A variant is "OVERRIDE OVERRIDE ...|OPTION=VALUE;OPTION=VALUE" (either side may be empty);
---set adds overrides to every variant. OPTION is an XLA compile option
+--set adds overrides to every variant. The pseudo-override `no_attention` compiles that variant
+with the multi-head attention layers' attention replaced by passing v through (the q/k/v and
+output projections stay): the step's cost without attention, e.g. for DiT-S/2
+
+    python -m benchmarks.ab_step --config configs/dit_b2.py --rounds 3 --set model.size=dit-s/2 \
+        --set model.dtype=float32 --set train.batch_size=32 \
+        --set model.remat=dots_with_no_batch_dims_saveable --set train.micro_batches=4 \
+        --variant "kernels.attention=xla" --variant "" --variant "no_attention"
+ OPTION is an XLA compile option
 (`lowered.compile(compiler_options=...)`), e.g. xla_cpu_enable_concurrency_optimized_scheduler.
 """
 from __future__ import annotations
@@ -38,6 +46,7 @@ def main() -> int:
 
     import jax
 
+    import jaxmodels.layers.mha as mha
     from jaxmodels.config import load_config
     from jaxmodels.tasks import build_task
     from jaxmodels.train.bench import synthetic_batch
@@ -45,9 +54,14 @@ def main() -> int:
     from jaxmodels.train.step import jit_train_step, make_mesh, make_train_step, shardings
 
     runs = []
+    real_attention = mha.attention
     for variant in args.variant:
         overrides, _, options = variant.partition("|")
-        cfg = load_config(args.config, args.set + overrides.split())
+        overrides = overrides.split()
+        no_attention = "no_attention" in overrides
+        overrides = [o for o in overrides if o != "no_attention"]
+        mha.attention = (lambda q, k, v, **kw: v) if no_attention else real_attention
+        cfg = load_config(args.config, args.set + overrides)
         task = build_task(cfg)
         setup = make_setup(task, cfg)
         mesh = make_mesh(cfg.mesh)
@@ -59,6 +73,7 @@ def main() -> int:
         for _ in range(2):
             state, _ = compiled(state, batch)
         jax.block_until_ready(state)
+        mha.attention = real_attention
         runs.append({"variant": variant or "(as configured)", "step": compiled, "state": state,
                      "batch": batch, "times": []})
     for _ in range(args.rounds):
