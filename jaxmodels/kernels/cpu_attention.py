@@ -59,10 +59,20 @@ def _call(target: str, outs, *args, causal: bool, scale: float, threshold: int, 
         keep=np.float32(keep))
 
 
+FORWARD_TARGET = "jaxmodels_cpu_attention_fwd"
+
+
+def forward_flops(q_shape, k_shape, *_) -> float:
+    """FLOPs of the forward call as the einsum path counts them (for model-FLOP counts): the
+    logits and the output products over every (query, key) pair, 4 B T S H D."""
+    B, T, H, D = q_shape
+    return 4.0 * B * T * float(k_shape[1]) * H * D
+
+
 def _forward(q, k, v, words, statics):
     B, T, H, _ = q.shape
     outs = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((B, H, T), jnp.float32))
-    return _call("jaxmodels_cpu_attention_fwd", outs, q, k, v, words, **statics)
+    return _call(FORWARD_TARGET, outs, q, k, v, words, **statics)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))

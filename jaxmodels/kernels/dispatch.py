@@ -12,7 +12,9 @@ Config (`kernels` section of every config, jaxmodels/train/defaults.py):
 - "auto": Pallas on a GPU for the ops in PALLAS_FASTER_ON_GPU (the ops whose kernel was
   measured faster than the XLA form there by benchmarks/gpu_kernels.py), the XLA form
   everywhere else. The set is empty until a GPU run has measured it.
-  Two exceptions on a CPU. cross_entropy: "auto" there is "dense". attention: "auto" there is
+  Three exceptions on a CPU. matmul: "auto" there is "cpu" (f32 Dense matmuls through MKL,
+  jaxmodels/kernels/cpu_matmul.py) when the C++ kernels call MKL (on Intel CPUs), else XLA's
+  dot. cross_entropy: "auto" there is "dense". attention: "auto" there is
   "cpu", the C++ custom call of jaxmodels/kernels/cpu_attention.py (2-3x faster than the
   einsum path, forward + backward; BENCHMARKS.md "CPU speed per machine type") whenever it
   builds on this machine (jaxmodels.kernels.cpu_ffi.available()), else the einsum path. The chunked form
@@ -42,8 +44,9 @@ OPS = {
     "rwkv7": MODES,
     "nf4_matmul": MODES,
     # Dense matmuls on a CPU (jaxmodels.layers.dense): "bf16" rounds f32 operands to bf16 and
-    # accumulates in f32 (the CPU's bf16 units: AMX on recent Xeons); "auto" / "xla": as given.
-    "matmul": ("auto", "xla", "bf16"),
+    # accumulates in f32 (the CPU's bf16 units: AMX on recent Xeons); "cpu": f32 through the
+    # C++ custom call to MKL (jaxmodels/kernels/cpu_matmul.py); "xla": XLA's dot.
+    "matmul": ("auto", "xla", "bf16", "cpu"),
 }
 DEFAULTS = {op: "auto" for op in OPS}
 # Ops whose Pallas kernel beat the XLA form on a GPU in benchmarks/gpu_kernels.py. No GPU
@@ -89,6 +92,9 @@ def choice(op: str) -> str:
     if op == "attention" and jax.default_backend() == "cpu":
         from jaxmodels.kernels import cpu_ffi
         return "cpu" if cpu_ffi.available() else "xla"
+    if op == "matmul" and jax.default_backend() == "cpu":
+        from jaxmodels.kernels import cpu_ffi
+        return "cpu" if cpu_ffi.available() and cpu_ffi.blas_kind() == "mkl" else "xla"
     return "xla"
 
 

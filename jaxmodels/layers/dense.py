@@ -25,6 +25,11 @@ Its output is named "bf16_dot" so the dot-saving remat policies (jaxmodels.layer
 keep it as they keep a plain dot. Only on the CPU backend: on a GPU, XLA already runs bf16
 dots on the tensor cores.
 
+f32 on an Intel CPU (`jaxmodels.kernels.cpu_matmul`): config `kernels.matmul="cpu"` ("auto"
+there, when MKL is installed) sends f32 dense matmuls to MKL's sgemm through a C++ custom call,
+1.15x XLA:CPU's own f32 dot on the transformer shapes (BENCHMARKS.md, "CPU speed per machine
+type"); its output is named "cpu_dot" for the remat policies, as above.
+
 Adapters: while a family traces with a `model.adapters` spec (jaxmodels/layers/adapters.py),
 a Dense whose module path the spec selects becomes a LoRA / QLoRA dense (`_adapted`):
 the same math as jaxmodels.layers.lora.LoRADense, chosen by name instead of by the family.
@@ -77,6 +82,17 @@ def _cpu_bf16(lhs: jax.Array, rhs: jax.Array) -> bool:
     return lhs.dtype == rhs.dtype == jnp.float32 and dispatch.choice("matmul") == "bf16"
 
 
+def _cpu_mkl(lhs: jax.Array, rhs: jax.Array, preferred_element_type) -> bool:
+    """Whether this dot runs as jaxmodels.kernels.cpu_matmul (MKL's sgemm as a custom call):
+    on a CPU, f32 operands and result, config kernels.matmul "cpu" ("auto" with MKL)."""
+    if jax.default_backend() != "cpu" or not lhs.dtype == rhs.dtype == jnp.float32:
+        return False
+    if preferred_element_type not in (None, jnp.float32) or 0 in lhs.shape + rhs.shape:
+        return False
+    from jaxmodels.kernels import dispatch
+    return dispatch.choice("matmul") == "cpu"
+
+
 def flat_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                      preferred_element_type=None, **kwargs) -> jax.Array:
     """lax.dot_general, with lhs's leading axes merged when it contracts only its last axis."""
@@ -89,6 +105,10 @@ def flat_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precisio
             out = bf16_matmul(x_NI.astype(jnp.bfloat16), w_IO.astype(jnp.bfloat16))
             out = checkpoint_name(out, BF16_DOT_NAME)
             out = out.astype(preferred_element_type or lhs.dtype)
+        elif rhs.ndim == 2 and _cpu_mkl(lhs, rhs, preferred_element_type):
+            from jaxmodels.kernels.cpu_matmul import cpu_matmul
+            w_IO = rhs if tuple(rhs_contract) == (0,) else rhs.T  # XLA folds the transpose
+            out = cpu_matmul(x_NI, w_IO)
         else:
             out = jax.lax.dot_general(x_NI, rhs, (((1,), tuple(rhs_contract)), ((), ())),
                                       precision=precision,

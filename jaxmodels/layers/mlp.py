@@ -24,13 +24,16 @@ GELU_KINDS = ("exact", "tanh")
 def gelu(x: jax.Array, kind: str) -> jax.Array:
     """GELU: "exact" (erf; PyTorch nn.GELU(), nanoGPT) or "tanh" (HF gpt2's gelu_new, minGPT).
 
-    Both forwards are jax.nn.gelu's. The exact form's backward is written out
-    (`_gelu_exact`): JAX's own derivative of the erf form split, in nanoGPT 6/6/384's compiled
-    train step, into five XLA:CPU loop fusions over the [tokens, 4d] hidden tensor (erf twice,
-    exp, two products); the written-out derivative Phi(x) + x phi(x) is one pass reading x
-    and the incoming gradient (measured 0.97x of the step on an Intel Xeon, BENCHMARKS.md).
-    Same math: the two agree to f32 rounding (tests/layers/test_mlp_gelu.py). The tanh form
-    keeps JAX's derivative (a written-out one measured no faster on DiT-S/2: 1.01x).
+    The tanh form is jax.nn.gelu's. The exact form (`_gelu_exact`) is written out, forward and
+    backward. Forward: PyTorch's formula 0.5 x (1 + erf(x / sqrt 2)), computed in f32;
+    jax.nn.gelu's 0.5 x erfc(-x / sqrt 2) expands on XLA:CPU into erfc's two-branch polynomial
+    with an exp and ran 2x slower for the same values to ~5e-7 (1.5M elements: 0.93 ms against
+    0.47 ms on the Intel Xeon dev VM). Backward: JAX's own derivative split, in nanoGPT
+    6/6/384's compiled train step, into five XLA:CPU loop fusions over the [tokens, 4d] hidden
+    tensor (erf twice, exp, two products); the written-out derivative Phi(x) + x phi(x) is one
+    pass reading x and the incoming gradient (measured 0.97x of the step, BENCHMARKS.md).
+    tests/layers/test_mlp_gelu.py checks both against float64 and JAX's. The tanh form keeps
+    JAX's derivative (a written-out one measured no faster on DiT-S/2: 1.01x).
     """
     if kind not in GELU_KINDS:
         raise ValueError(f"unknown gelu {kind!r}; valid: {', '.join(GELU_KINDS)}")
@@ -45,7 +48,8 @@ _INV_SQRT_2PI = 0.3989422804014327   # 1 / sqrt(2 pi)
 
 @jax.custom_vjp
 def _gelu_exact(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=False)
+    x32 = x.astype(jnp.float32)
+    return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))).astype(x.dtype)
 
 
 def _gelu_exact_fwd(x):

@@ -11,13 +11,15 @@ import flax.linen as nn
 import jax
 
 from jaxmodels.kernels.cpu_attention import LSE_NAME, OUT_NAME
+from jaxmodels.kernels.cpu_matmul import DOT_NAME as CPU_DOT_NAME
 from jaxmodels.layers.dense import BF16_DOT_NAME
 
 _cp = jax.checkpoint_policies
-# The bf16 CPU matmul (jaxmodels.layers.dense.bf16_matmul) and the CPU attention are custom_vjp
+# The bf16 and MKL CPU matmuls (jaxmodels.layers.dense.bf16_matmul,
+# jaxmodels.kernels.cpu_matmul) and the CPU attention are custom_vjp
 # calls, not dot_general primitives, so the dot-saving policies also save their named outputs
 # (for the attention: its output and log-sum-exp, so a remat backward does not rerun its forward).
-_CUSTOM_CALLS = _cp.save_only_these_names(BF16_DOT_NAME, OUT_NAME, LSE_NAME)
+_CUSTOM_CALLS = _cp.save_only_these_names(BF16_DOT_NAME, CPU_DOT_NAME, OUT_NAME, LSE_NAME)
 REMAT_POLICIES = {
     "none": None,  # no remat: keep every activation
     "nothing_saveable": _cp.nothing_saveable,

@@ -72,7 +72,13 @@ def diffusion_task_config(**overrides):
 def count_matmul_flops(fn, *args) -> float:
     """FLOPs of the dot_general / conv ops in fn(*args), walking the jaxpr (scan bodies x
     their length, so a scanned layer stack counts every layer; XLA's cost_analysis counts
-    a loop body once)."""
+    a loop body once). The C++ CPU custom calls that replace dots (jaxmodels.kernels.cpu_matmul,
+    cpu_attention) count as the dots they replace, so the count is the same on every backend."""
+    from jaxmodels.kernels.cpu_attention import FORWARD_TARGET, forward_flops
+    from jaxmodels.kernels.cpu_matmul import TARGET as MATMUL_TARGET, matmul_flops
+
+    custom_calls = {MATMUL_TARGET: matmul_flops, FORWARD_TARGET: forward_flops}
+
     def walk(jaxpr, mult: float) -> float:
         total = 0.0
         for eqn in jaxpr.eqns:
@@ -82,6 +88,9 @@ def count_matmul_flops(fn, *args) -> float:
                 lhs = eqn.invars[0].aval.shape
                 contract = float(np.prod([lhs[d] for d in lhs_c])) if lhs_c else 1.0
                 total += mult * 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * contract
+            elif name == "ffi_call" and eqn.params["target_name"] in custom_calls:
+                shapes = [v.aval.shape for v in eqn.invars]
+                total += mult * custom_calls[eqn.params["target_name"]](*shapes)
             elif name == "conv_general_dilated":
                 rhs = eqn.invars[1].aval.shape  # kernel; in/out feature dims among these
                 dn = eqn.params["dimension_numbers"]

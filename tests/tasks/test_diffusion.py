@@ -35,6 +35,22 @@ def test_count_matmul_flops_counts_every_scanned_layer_and_convs():
     assert count_matmul_flops(conv, img, k) == 2 * (2 * 8 * 8 * 16) * (3 * 3 * 3)
 
 
+def test_count_matmul_flops_counts_the_cpu_custom_calls_as_the_dots_they_replace():
+    from jaxmodels.kernels import cpu_ffi
+    from jaxmodels.kernels.cpu_attention import cpu_attention
+    from jaxmodels.kernels.cpu_matmul import cpu_matmul
+    from jaxmodels.layers.attention import attention_einsum, attention_mask
+
+    if not cpu_ffi.available():
+        pytest.skip(f"C++ CPU kernels: {cpu_ffi.reason()}")
+    x, w = jnp.zeros((3, 5)), jnp.zeros((5, 7))
+    assert count_matmul_flops(cpu_matmul, x, w) == count_matmul_flops(lambda a, b: a @ b, x, w)
+    q, k = jnp.zeros((2, 6, 4, 8)), jnp.zeros((2, 9, 2, 8))
+    einsum = lambda q, k: attention_einsum(q, k, k, attention_mask(6, 9, causal=False))  # noqa: E731
+    assert count_matmul_flops(lambda q, k: cpu_attention(q, k, k, causal=False), q, k) == \
+        count_matmul_flops(einsum, q, k) == 4 * 2 * 6 * 9 * 4 * 8
+
+
 def test_tiny_dit_loss_is_finite_and_falls():
     task = build_task(load_config(DIT + ":smoke"))
     params = task.init_params(jax.random.key(0))
