@@ -26,6 +26,7 @@ import subprocess
 import sys
 
 from benchmarks.common import REPO_ROOT, machine, machine_tag, markdown_table, write_results
+from jaxmodels import hugepages
 
 THREADS_ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 BASE = ["model.size=dit-s/2", "model.dtype=float32", "train.batch_size=32"]
@@ -81,8 +82,11 @@ OURS_CODE = (
     "r = benchmark(cfg, steps={steps}, warmup={warmup}); print('RESULT', json.dumps(r))")
 
 
-def run(cmd: list[str], cwd: str) -> dict:
-    out = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, **THREADS_ENV), capture_output=True, text=True)
+def run(cmd: list[str], cwd: str, ours: bool = False) -> dict:
+    env = dict(os.environ, **THREADS_ENV)
+    if ours:  # as launch.train runs: glibc's huge-page tunable where it helps (jaxmodels/hugepages.py)
+        env = hugepages.with_tunable(env)
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
@@ -121,7 +125,7 @@ def main() -> int:
             print(f"[{rep}] {peer} {runs[peer][-1]['median_step_s']:.2f} s/step", flush=True)
         for label, overrides in ours.items():
             code = OURS_CODE.format(overrides=overrides, steps=args.steps, warmup=args.warmup)
-            runs[label].append(run([sys.executable, "-c", code], cwd=REPO_ROOT))
+            runs[label].append(run([sys.executable, "-c", code], cwd=REPO_ROOT, ours=True))
             print(f"[{rep}] {label} {runs[label][-1]['median_step_s']:.2f} s/step", flush=True)
     peer_s = statistics.median(r["median_step_s"] for r in runs["peer"])
     ref = runs[next(iter(OURS))][0]

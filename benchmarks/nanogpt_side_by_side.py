@@ -31,6 +31,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script from anywhere: the repo's jaxmodels
+from jaxmodels import hugepages  # noqa: E402
 THREADS_ENV = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 
 BABY_NANOGPT = ["--device=cpu", "--compile=False", "--dtype=float32", "--eval_iters=20",
@@ -86,7 +88,9 @@ def ours_full(args, steps: int, overrides=()) -> dict:
         "from jaxmodels.train.bench import benchmark; "
         f"cfg = load_config('configs/gpt_shakespeare_char.py', {overrides!r}); "
         f"r = benchmark(cfg, steps={steps}, warmup=2, real_data=True); print('RESULT', json.dumps(r))")
-    text = run([sys.executable, "-c", code], cwd=ROOT)
+    # As launch.train runs (ours_baby goes through it): glibc's huge-page tunable where it helps.
+    tunable = {"GLIBC_TUNABLES": hugepages.with_tunable()["GLIBC_TUNABLES"]} if hugepages.wanted() else {}
+    text = run([sys.executable, "-c", code], cwd=ROOT, env_extra=tunable)
     result = json.loads(text.split("RESULT", 1)[1].strip().splitlines()[0])
     return {"s_per_iter": result["median_step_s"], "model_flops_per_s": result["model_flops_per_s"],
             "peak_flops_per_s": result["peak_flops_per_s"]}

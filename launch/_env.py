@@ -1,4 +1,6 @@
-"""Imported first by every launch module, BEFORE jax: caps XLA's GPU allocator at the budget.
+"""Imported first by every launch module, BEFORE jax: caps XLA's GPU allocator at the budget,
+and (jaxmodels/hugepages.py) restarts a `python -m launch.X` command once with glibc's
+transparent-huge-page tunable where that helps.
 
 XLA_CLIENT_MEM_FRACTION = min(0.95, memory.budget_gb / total GPU memory) (budget from
 `--config.memory.budget_gb=` on the command line, else 12), unless the user set a fraction.
@@ -12,6 +14,7 @@ import sys
 
 # jaxmodels.budget imports no jax: the cap below must be set before jax is loaded.
 from jaxmodels.budget import allocator_fraction, gpu_total_gb
+from jaxmodels import hugepages
 
 DEFAULT_BUDGET_GB = 12.0
 
@@ -46,6 +49,11 @@ def configure(argv: list[str] | None = None, environ=os.environ) -> str | None:
 
 
 _jax_was_imported = "jax" in sys.modules
+# A launch command run as `python -m launch.X` restarts itself once with glibc's huge-page
+# tunable (jaxmodels/hugepages.py says why), before jax is loaded or anything ran.
+_main = sys.modules.get("__main__")
+if (not _jax_was_imported and getattr(getattr(_main, "__spec__", None), "name", "").startswith("launch.")):
+    hugepages.reexec_if_wanted()
 if configure() is not None and _jax_was_imported:
     # Only matters on a GPU: the allocator read its settings when jax was imported.
     print("launch/_env.py: jax was imported before the memory cap could be set", file=sys.stderr)
