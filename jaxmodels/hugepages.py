@@ -5,8 +5,9 @@ step: one 758 MB block), and glibc serves a block that large with mmap and retur
 munmap, so every step page-faults the whole block back in, 4 KiB at a time: 186,000 minor
 faults and ~0.33 s of kernel time per 6 s step on the Intel Xeon dev VM. With glibc's
 `glibc.malloc.hugetlb=1` tunable, malloc asks for transparent huge pages on those blocks
-(madvise(MADV_HUGEPAGE)): 680 faults, ~0.15 s, and the step took 0.97x the time (three
-alternating pairs of processes, BENCHMARKS.md "CPU speed per machine type").
+(madvise(MADV_HUGEPAGE)): 675 faults, ~0.16 s, and the step took 0.97-1.03x the time, median
+0.98 over six alternating pairs of processes (`python -m benchmarks.hugepages_ab`; BENCHMARKS.md
+"CPU speed per machine type"): a small gain, within the noise of a single pair.
 
 A glibc tunable is read once when a process starts, so the launch commands (launch/_env.py)
 re-execute themselves once with it set, before anything else ran. Only where it helps: Linux

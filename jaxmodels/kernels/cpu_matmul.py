@@ -25,8 +25,6 @@ from jax.ad_checkpoint import checkpoint_name
 
 # The checkpoint name of the forward output (saved by the dot-saving remat policies).
 DOT_NAME = "cpu_dot"
-
-
 TARGET = "jaxmodels_cpu_matmul"
 
 

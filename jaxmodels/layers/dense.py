@@ -84,7 +84,8 @@ def _cpu_bf16(lhs: jax.Array, rhs: jax.Array) -> bool:
 
 def _cpu_mkl(lhs: jax.Array, rhs: jax.Array, preferred_element_type) -> bool:
     """Whether this dot runs as jaxmodels.kernels.cpu_matmul (MKL's sgemm as a custom call):
-    on a CPU, f32 operands and result, config kernels.matmul "cpu" ("auto" with MKL)."""
+    on a CPU, f32 operands and result, nothing empty, config kernels.matmul "cpu" ("auto" with
+    MKL)."""
     if jax.default_backend() != "cpu" or not lhs.dtype == rhs.dtype == jnp.float32:
         return False
     if preferred_element_type not in (None, jnp.float32) or 0 in lhs.shape + rhs.shape:
@@ -100,15 +101,14 @@ def flat_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precisio
     if lhs.ndim >= 2 and not lhs_batch and not rhs_batch and tuple(lhs_contract) == (lhs.ndim - 1,):
         lead = lhs.shape[:-1]
         x_NI = lhs.reshape(-1, lhs.shape[-1])
+        w_IO = lambda: rhs if tuple(rhs_contract) == (0,) else rhs.T  # noqa: E731 (XLA folds it)
         if rhs.ndim == 2 and _cpu_bf16(lhs, rhs):
-            w_IO = rhs if tuple(rhs_contract) == (0,) else rhs.T  # XLA folds the transpose
-            out = bf16_matmul(x_NI.astype(jnp.bfloat16), w_IO.astype(jnp.bfloat16))
+            out = bf16_matmul(x_NI.astype(jnp.bfloat16), w_IO().astype(jnp.bfloat16))
             out = checkpoint_name(out, BF16_DOT_NAME)
             out = out.astype(preferred_element_type or lhs.dtype)
         elif rhs.ndim == 2 and _cpu_mkl(lhs, rhs, preferred_element_type):
             from jaxmodels.kernels.cpu_matmul import cpu_matmul
-            w_IO = rhs if tuple(rhs_contract) == (0,) else rhs.T  # XLA folds the transpose
-            out = cpu_matmul(x_NI, w_IO)
+            out = cpu_matmul(x_NI, w_IO())
         else:
             out = jax.lax.dot_general(x_NI, rhs, (((1,), tuple(rhs_contract)), ((), ())),
                                       precision=precision,

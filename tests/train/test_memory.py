@@ -56,6 +56,8 @@ def test_launch_memory_estimates_the_gpu_loss_on_a_cpu_host(monkeypatch):
     assert "chunked" in note and cfg.kernels.cross_entropy == "xla"
     # attention=auto is the C++ kernel on a CPU, whose buffers XLA cannot count: the XLA form.
     assert "C++ kernel" in note and cfg.kernels.attention == "xla"
+    # matmul=auto is MKL's custom call on an Intel CPU host: counted as XLA's dot, as on a GPU.
+    assert "XLA's dot" in note and cfg.kernels.matmul == "xla"
     cfg.kernels.cross_entropy = "dense"
     assert lm.as_on_a_gpu(cfg) == "" and cfg.kernels.cross_entropy == "dense"
     monkeypatch.setattr(lm, "CPU_HOST", False)
