@@ -101,7 +101,7 @@ def _blas_in_subprocess(value: str) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
+    return done.stdout.strip().splitlines()[-1] + "\n" + done.stderr
 
 
 def test_blas_override_and_a_bad_value():
@@ -110,3 +110,4 @@ def test_blas_override_and_a_bad_value():
     assert _blas_in_subprocess("openblas").startswith("openblas xla")
     out = _blas_in_subprocess("atlas")
     assert out.startswith("None xla") and "JAXMODELS_CPU_BLAS='atlas'; valid: mkl, openblas" in out
+    assert "RuntimeWarning: C++ CPU kernels off: JAXMODELS_CPU_BLAS='atlas'" in out  # told, not silent

@@ -34,6 +34,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from typing import Optional
 
 import jax
@@ -209,6 +210,8 @@ def _load() -> None:
         _state.update(ok=True, lib=lib, blas=blas, kind=kind, reason="")
     except Exception as e:  # noqa: BLE001 - any failure means "not available", with the reason
         _state.update(ok=False, blas=None, kind=None, reason=f"{type(e).__name__}: {e}")
+        if "JAXMODELS_CPU_BLAS" in str(e):  # the user's setting is wrong: say so, do not just fall back
+            warnings.warn(f"C++ CPU kernels off: {e}", RuntimeWarning, stacklevel=2)
 
 
 def available() -> bool:
