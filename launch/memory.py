@@ -14,8 +14,9 @@ fastest plan that fits (jaxmodels/train/autofit.py) and prints it as flags to ad
 with --config.memory.auto_fit=True runs that plan by itself.
 On a host without a GPU the estimate is of what a GPU would run: XLA:CPU's while-loop
 invariant code motion is off (below), kernels.cross_entropy=auto counts as the chunked
-form a GPU picks (as_on_a_gpu), not the full logits a CPU run uses, and kernels.attention=auto
-and kernels.matmul=auto as XLA's attention and dot, not the C++ kernels a CPU run uses.
+form a GPU picks (as_on_a_gpu), not the full logits a CPU run uses, and kernels.attention=auto,
+kernels.matmul=auto and kernels.norm=auto as XLA's attention, dot and norm, not the C++
+kernels a CPU run uses.
 Exit status 0 when it fits (--fit: a plan was found), 1 when it does not, 2 for a config error.
 """
 import os
@@ -67,8 +68,8 @@ def as_on_a_gpu(cfg) -> str:
     otherwise count (LLaMA-3.2 1B, 128k vocabulary: 0.9 GiB). kernels.attention="auto" is the
     C++ CPU kernel on a CPU, whose buffers XLA cannot see; the einsum path ("xla") keeps the
     estimate an XLA attention on a GPU would need. kernels.matmul="auto" likewise counts as
-    XLA's dot, what a GPU runs, not the MKL custom call of an Intel CPU host. Returns the note to print ("" when nothing
-    changed)."""
+    XLA's dot, what a GPU runs, not the MKL custom call of an Intel CPU host, and kernels.norm="auto"
+    as the XLA norm, not the C++ one. Returns the note to print ("" when nothing changed)."""
     kernels = cfg.get("kernels", None)
     if not CPU_HOST or kernels is None:
         return ""
@@ -85,6 +86,10 @@ def as_on_a_gpu(cfg) -> str:
         kernels.matmul = "xla"
         notes.append("kernels.matmul=auto is counted as XLA's dot (on an Intel CPU host it would "
                      "be MKL's)")
+    if kernels.get("norm", "auto") == "auto":
+        kernels.norm = "xla"
+        notes.append("kernels.norm=auto is counted as the XLA norm (on this CPU host it would be "
+                     "the C++ kernel)")
     return ("note: estimated as on a GPU: " + "; ".join(notes)) if notes else ""
 
 

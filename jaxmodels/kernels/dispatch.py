@@ -2,7 +2,7 @@
 
 Config (`kernels` section of every config, jaxmodels/train/defaults.py):
 
-    kernels.<op> = "auto" | "pallas" | "xla"        (cross_entropy also "dense", attention "cpu")
+    kernels.<op> = "auto" | "pallas" | "xla"        (cross_entropy also "dense"; attention, norm "cpu")
 
 - "xla": the plain-JAX form, on every backend (for cross_entropy: the chunked form).
 - "pallas": the Pallas kernel; compiled (Triton) on GPU, run in interpret mode elsewhere
@@ -12,9 +12,11 @@ Config (`kernels` section of every config, jaxmodels/train/defaults.py):
 - "auto": Pallas on a GPU for the ops in PALLAS_FASTER_ON_GPU (the ops whose kernel was
   measured faster than the XLA form there by benchmarks/gpu_kernels.py), the XLA form
   everywhere else. The set is empty until a GPU run has measured it.
-  Three exceptions on a CPU. matmul: "auto" there is "cpu" (f32 Dense matmuls through MKL,
+  Four exceptions on a CPU. matmul: "auto" there is "cpu" (f32 Dense matmuls through MKL,
   jaxmodels/kernels/cpu_matmul.py) when the C++ kernels call MKL (on Intel CPUs), else XLA's
-  dot. cross_entropy: "auto" there is "dense". attention: "auto" there is
+  dot. norm: "auto" there is "cpu" (f32 LayerNorm / RMSNorm, DiT's modulate fused in, as one
+  C++ custom call each way, jaxmodels/kernels/cpu_norm.py) whenever the C++ kernels build.
+  cross_entropy: "auto" there is "dense". attention: "auto" there is
   "cpu", the C++ custom call of jaxmodels/kernels/cpu_attention.py (2-3x faster than the
   einsum path, forward + backward; BENCHMARKS.md "CPU speed per machine type") whenever it
   builds on this machine (jaxmodels.kernels.cpu_ffi.available()), else the einsum path. The chunked form
@@ -39,7 +41,8 @@ OPS = {
     # "cpu": the C++ custom call of jaxmodels/kernels/cpu_attention.py (f32 on a CPU).
     "attention": MODES + ("cpu",),
     "cross_entropy": MODES + ("dense",),
-    "norm": MODES,
+    # "cpu": the C++ custom call of jaxmodels/kernels/cpu_norm.py (f32 on a CPU).
+    "norm": MODES + ("cpu",),
     "selective_scan": MODES,
     "rwkv7": MODES,
     "nf4_matmul": MODES,
@@ -92,6 +95,9 @@ def choice(op: str) -> str:
     if op == "attention" and jax.default_backend() == "cpu":
         from jaxmodels.kernels import cpu_ffi
         return "cpu" if cpu_ffi.available() else "xla"
+    if op == "norm" and jax.default_backend() == "cpu":
+        from jaxmodels.kernels import cpu_ffi
+        return "cpu" if cpu_ffi.available() else "xla"
     if op == "matmul" and jax.default_backend() == "cpu":
         from jaxmodels.kernels import cpu_ffi
         return "cpu" if cpu_ffi.available() and cpu_ffi.blas_kind() == "mkl" else "xla"
@@ -133,7 +139,12 @@ def norm(x, weight_C=None, bias_C=None, *, kind: str = "layer", eps: float = 1e-
     from jaxmodels.kernels import norms
 
     kwargs = dict(kind=kind, eps=eps, shift_BC=shift_BC, scale_BC=scale_BC, dtype=dtype)
-    if choice("norm") == "pallas":
+    impl = choice("norm")
+    if impl == "cpu":
+        from jaxmodels.kernels import cpu_norm
+        if cpu_norm.supported(x, weight_C, bias_C, shift_BC=shift_BC, scale_BC=scale_BC, dtype=dtype):
+            return cpu_norm.cpu_norm(x, weight_C, bias_C, **kwargs)
+    if impl == "pallas":
         return norms.norm_pallas(x, weight_C, bias_C, interpret=interpret(), **kwargs)
     return norms.norm_xla(x, weight_C, bias_C, **kwargs)
 

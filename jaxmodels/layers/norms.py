@@ -16,9 +16,10 @@ Initializer = Callable[..., jax.Array]
 
 
 def _fused() -> bool:
-    """Whether config kernels.norm picked the fused Pallas norm (kernels/dispatch.py)."""
+    """Whether config kernels.norm picked a fused norm (kernels/dispatch.py): the Pallas kernel,
+    or the C++ custom call on a CPU (dispatch.norm keeps the jnp ops where it does not apply)."""
     from jaxmodels.kernels import dispatch
-    return dispatch.choice("norm") == "pallas"
+    return dispatch.choice("norm") in ("pallas", "cpu")
 
 
 class LayerNorm(nn.Module):
@@ -38,7 +39,7 @@ class LayerNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dtype = self.dtype or x.dtype
         features = x.shape[-1]
-        if _fused():  # config kernels.norm=pallas: jaxmodels/kernels/norms.py, same math
+        if _fused():  # config kernels.norm=pallas|cpu: jaxmodels/kernels/norms.py / cpu_norm.py, same math
             from jaxmodels.kernels import dispatch
             scale = self.param("scale", self.scale_init, (features,), jnp.float32) if self.use_scale else None
             bias = self.param("bias", self.bias_init, (features,), jnp.float32) if self.use_bias else None

@@ -69,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
                                 # format / scan chunk that fits the budget (train/autofit.py)
     ))
     # Implementation per hot op (jaxmodels/kernels/dispatch.py): "auto" | "pallas" | "xla";
-    # cross_entropy also "dense" (full logits). auto: the XLA form unless Pallas is faster here.
+    # cross_entropy also "dense" (full logits); attention, norm and matmul also "cpu" (the C++
+    # CPU kernels). auto: the XLA form unless Pallas is faster here (on a CPU: the C++ kernels).
     c.kernels = ml_collections.ConfigDict(dict(
         attention="auto", cross_entropy="auto", norm="auto", selective_scan="auto", rwkv7="auto",
         nf4_matmul="auto", matmul="auto"))

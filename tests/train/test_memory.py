@@ -58,6 +58,8 @@ def test_launch_memory_estimates_the_gpu_loss_on_a_cpu_host(monkeypatch):
     assert "C++ kernel" in note and cfg.kernels.attention == "xla"
     # matmul=auto is MKL's custom call on an Intel CPU host: counted as XLA's dot, as on a GPU.
     assert "XLA's dot" in note and cfg.kernels.matmul == "xla"
+    # norm=auto is the C++ norm on a CPU host: counted as the XLA norm.
+    assert "XLA norm" in note and cfg.kernels.norm == "xla"
     cfg.kernels.cross_entropy = "dense"
     assert lm.as_on_a_gpu(cfg) == "" and cfg.kernels.cross_entropy == "dense"
     monkeypatch.setattr(lm, "CPU_HOST", False)

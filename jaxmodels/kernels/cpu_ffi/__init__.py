@@ -1,5 +1,5 @@
-"""Builds and loads the C++ custom calls for XLA:CPU in this folder (attention.cc, matmul.cc;
-blas.cc).
+"""Builds and loads the C++ custom calls for XLA:CPU in this folder (attention.cc, matmul.cc,
+norm.cc; blas.cc).
 
 Why C++ on a CPU: XLA:CPU (jax 0.10) runs some transformer hot paths far below what the CPU
 can do, where PyTorch calls oneDNN/MKL kernels (BENCHMARKS.md, "CPU speed per machine type").
@@ -41,10 +41,11 @@ import jax
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ("blas.cc", "attention.cc", "matmul.cc")
+SOURCES = ("blas.cc", "attention.cc", "matmul.cc", "norm.cc")
 HEADERS = ("common.h",)
 # Handler symbol in the library -> the name XLA knows the target by (the same).
-TARGETS = ("jaxmodels_cpu_attention_fwd", "jaxmodels_cpu_attention_bwd", "jaxmodels_cpu_matmul")
+TARGETS = ("jaxmodels_cpu_attention_fwd", "jaxmodels_cpu_attention_bwd", "jaxmodels_cpu_matmul",
+           "jaxmodels_cpu_norm_fwd", "jaxmodels_cpu_norm_bwd")
 # CBLAS sgemm symbols tried in NumPy's BLAS, with their integer width.
 _SGEMM = (("scipy_cblas_sgemm64_", 64), ("cblas_sgemm64_", 64), ("scipy_cblas_sgemm", 32),
           ("cblas_sgemm", 32))
