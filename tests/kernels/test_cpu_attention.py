@@ -11,13 +11,6 @@ from jaxmodels.layers.attention import attention, attention_einsum, attention_ma
 pytestmark = pytest.mark.skipif(not cpu_ffi.available(), reason=f"C++ CPU kernels: {cpu_ffi.reason()}")
 
 
-@pytest.fixture(autouse=True)
-def default_kernels():
-    dispatch.configure(None)
-    yield
-    dispatch.configure(None)
-
-
 def _qkv(seed, B, T, S, H, K, D):
     r = np.random.default_rng(seed)
     return (jnp.asarray(r.standard_normal((B, T, H, D)), jnp.float32),

@@ -16,13 +16,6 @@ pytestmark = pytest.mark.skipif(not cpu_ffi.available(), reason=f"C++ CPU kernel
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(autouse=True)
-def default_kernels():
-    dispatch.configure(None)
-    yield
-    dispatch.configure(None)
-
-
 def _normal(seed, *shape):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 

@@ -14,13 +14,6 @@ from jaxmodels.layers.norms import LayerNorm, RMSNorm
 pytestmark = pytest.mark.skipif(not cpu_ffi.available(), reason=f"C++ CPU kernels: {cpu_ffi.reason()}")
 
 
-@pytest.fixture(autouse=True)
-def default_kernels():
-    dispatch.configure(None)
-    yield
-    dispatch.configure(None)
-
-
 def _normal(seed, *shape, scale=1.0, shift=0.0):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape) * scale + shift, jnp.float32)
 
