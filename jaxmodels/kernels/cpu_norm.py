@@ -3,10 +3,11 @@
 
 Why: XLA:CPU runs a LayerNorm as a chain of small thunks (row reductions for the mean and the
 variance, then the elementwise passes; twice as many in the backward pass), each its own trip
-through memory and through the thunk executor. In the nanoGPT baby model's train step those
-chains were ~40 thunks per layer; here they are two custom calls (forward, backward), each one
-pass over its rows split over XLA's intra-op threads. `dispatch.norm` sends the f32 case here
-when config kernels.norm is "cpu", which "auto" is on a CPU whenever the C++ kernels build.
+through memory and through the thunk executor; here they are two custom calls (forward,
+backward), each one pass over its rows split over XLA's intra-op threads. A DiT-S/2 f32 train
+step took 0.96x the time, nanoGPT 6/6/384 0.99x, the nanoGPT baby level (BENCHMARKS.md, "CPU
+speed per machine type", fifth run). `dispatch.norm` sends the f32 case here when config
+kernels.norm is "cpu", which "auto" is on a CPU whenever the C++ kernels build.
 
 Same math as jaxmodels.kernels.norms.norm_xla (the reference tests/kernels/test_cpu_norm.py
 checks it against, values and gradients); row sums in a fixed lane order, so the same inputs

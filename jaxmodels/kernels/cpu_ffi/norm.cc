@@ -4,10 +4,11 @@
 //
 // Why: XLA:CPU turns one LayerNorm into a chain of small thunks (two row reductions and the
 // elementwise passes around them in the forward pass, four reductions and as many passes in the
-// backward pass, each a separate trip through memory and through XLA's thunk executor). On
-// the nanoGPT baby model (768 rows of 128) those chains cost more than the matmuls beside
-// them should; here each call is one pass per row block, the blocks spread over XLA's
-// intra-op threads.
+// backward pass, each a separate trip through memory and through XLA's thunk executor). Here
+// each call is one pass per row block, the blocks spread over XLA's intra-op threads (small
+// calls stay on one thread). Whole train steps on the 2-core Intel VM: DiT-S/2 f32 recipe
+// 0.96x, nanoGPT 6/6/384 0.99x the time with the jnp norm, the nanoGPT baby level
+// (BENCHMARKS.md, "CPU speed per machine type", fifth run).
 //
 // Shapes: x [B, T, C] f32; w, b [C] (the affine; has_w / has_b say whether they exist, else a
 // one-element dummy is passed); shift, scale [B, C] (the modulate; has_mod). Math as
