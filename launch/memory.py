@@ -61,6 +61,16 @@ from launch import _env  # noqa: F401,E402  (must come before jax)
 from jaxmodels.config import ConfigError  # noqa: E402
 
 
+# Ops whose "auto" picks something else on a CPU host than on a GPU, and what the estimate
+# counts instead (as_on_a_gpu): the XLA form a GPU runs.
+_CPU_ONLY_AUTO = (
+    ("cross_entropy", "is the chunked form there (xla; on this CPU host it would be dense)"),
+    ("attention", "is counted as the XLA attention (on this CPU host it would be the C++ kernel)"),
+    ("matmul", "is counted as XLA's dot (on an Intel CPU host it would be MKL's)"),
+    ("norm", "is counted as the XLA norm (on this CPU host it would be the C++ kernel)"),
+)
+
+
 def as_on_a_gpu(cfg) -> str:
     """On a CPU host, estimate the kernels a GPU would run. kernels.cross_entropy="auto" is the
     full-logits form on a CPU (faster there) but the chunked one on a GPU
@@ -74,22 +84,10 @@ def as_on_a_gpu(cfg) -> str:
     if not CPU_HOST or kernels is None:
         return ""
     notes = []
-    if kernels.get("cross_entropy", "auto") == "auto":
-        kernels.cross_entropy = "xla"
-        notes.append("kernels.cross_entropy=auto is the chunked form there (xla; on this CPU host "
-                     "it would be dense)")
-    if kernels.get("attention", "auto") == "auto":
-        kernels.attention = "xla"
-        notes.append("kernels.attention=auto is counted as the XLA attention (on this CPU host it "
-                     "would be the C++ kernel)")
-    if kernels.get("matmul", "auto") == "auto":
-        kernels.matmul = "xla"
-        notes.append("kernels.matmul=auto is counted as XLA's dot (on an Intel CPU host it would "
-                     "be MKL's)")
-    if kernels.get("norm", "auto") == "auto":
-        kernels.norm = "xla"
-        notes.append("kernels.norm=auto is counted as the XLA norm (on this CPU host it would be "
-                     "the C++ kernel)")
+    for op, why in _CPU_ONLY_AUTO:
+        if kernels.get(op, "auto") == "auto":
+            kernels[op] = "xla"
+            notes.append(f"kernels.{op}=auto {why}")
     return ("note: estimated as on a GPU: " + "; ".join(notes)) if notes else ""
 
 

@@ -84,7 +84,8 @@ def on_gpu() -> bool:
 
 
 def choice(op: str) -> str:
-    """The implementation `op` runs with now: "pallas", "xla" (or "dense" for cross_entropy)."""
+    """The implementation `op` runs with now: "pallas", "xla", "dense" (cross_entropy), "cpu"
+    (attention, norm, matmul) or "bf16" (matmul)."""
     mode = _settings.get(op, "auto")
     if mode != "auto":
         return mode
@@ -92,15 +93,12 @@ def choice(op: str) -> str:
         return "pallas"
     if op == "cross_entropy" and jax.default_backend() == "cpu":
         return "dense"
-    if op == "attention" and jax.default_backend() == "cpu":
+    if op in ("attention", "norm", "matmul") and jax.default_backend() == "cpu":
         from jaxmodels.kernels import cpu_ffi
-        return "cpu" if cpu_ffi.available() else "xla"
-    if op == "norm" and jax.default_backend() == "cpu":
-        from jaxmodels.kernels import cpu_ffi
-        return "cpu" if cpu_ffi.available() else "xla"
-    if op == "matmul" and jax.default_backend() == "cpu":
-        from jaxmodels.kernels import cpu_ffi
-        return "cpu" if cpu_ffi.available() and cpu_ffi.blas_kind() == "mkl" else "xla"
+        # The C++ kernels where they build; the dense matmuls only through MKL (via OpenBLAS
+        # that route measured slower than XLA's dot).
+        ok = cpu_ffi.available() and (op != "matmul" or cpu_ffi.blas_kind() == "mkl")
+        return "cpu" if ok else "xla"
     return "xla"
 
 
