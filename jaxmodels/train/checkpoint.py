@@ -307,7 +307,7 @@ class Checkpointer:
         errors = []
         base = None
         for step in reversed(steps):
-            held = save_log.hold()  # what a failed read leaves behind goes to a details file
+            held = save_log.hold(all_threads=True)  # what a failed read leaves behind goes to a details file
             try:
                 meta, restored = self._read(step, abstract_state, data_iter, check_meta)
                 failed = None

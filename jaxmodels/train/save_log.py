@@ -26,7 +26,10 @@ file the warning names; a read that succeeds releases what was held as it was. S
 those coroutines are still referenced then (by the read's own threads) and are finalised
 later, and TensorStore's threads may still wake the read's closed event loop; from a failed
 read on, those reports go to the newest such file whenever they come (`_leftover`), and
-every other unraisable report prints as usual.
+every other unraisable report prints as usual. asyncio's "exception was never retrieved"
+records (one damaged file fails every read waiting on it; only the first error is raised)
+and, after a failed read, what other threads than the main one write to sys.stderr are held
+and sent on the same way.
 """
 from __future__ import annotations
 
@@ -78,6 +81,57 @@ def _from_orbax(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or "")
 
 
+def _orbax_task(record: logging.LogRecord) -> bool:
+    """asyncio's "... exception was never retrieved" (a Task, Future or gather of a failed
+    read, finalised by the garbage collector): one damaged file fails every read waiting on
+    it, and only the first error is the one raised. asyncio runs only Orbax's reads here."""
+    return record.name == "asyncio" and "exception was never retrieved" in str(record.msg)
+
+
+def _append_leftover(text: str) -> None:
+    try:
+        with open(_leftovers, "a") as f:
+            f.write(text)
+    except (OSError, TypeError):
+        pass
+
+
+class _LeftoverRecords(logging.Filter):
+    """On the asyncio logger from the first failed restore read on: a read task's late
+    report goes to that read's details file (as `_leftover` does for unraisables)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _leftovers is None or not _orbax_task(record):
+            return True
+        _append_leftover(logging.Formatter().format(record) + "\n")
+        return False
+
+
+class _LeftoverStderr:
+    """sys.stderr from the first failed restore read on: what threads other than the main one
+    write (TensorStore's threads printing `RuntimeError: Event loop is closed` tracebacks
+    when a failed read's pending reads finish) goes to that read's details file; the main
+    thread's output, the run's own, passes."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, s: str) -> int:
+        if threading.current_thread() is threading.main_thread():
+            return self.real.write(s)
+        _append_leftover(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...
+        return getattr(self.real, name)
+
+
+_leftover_records = _LeftoverRecords()
+
+
 def _handlers() -> list[logging.Handler]:
     """Where Orbax's (absl's) and asyncio's records end up: the root logger's handlers
     (their streams were fixed when they were made, so the sys.stderr stand-in misses them)."""
@@ -90,8 +144,9 @@ class _HeldOutput(logging.Filter):
     but it is pending!" of the failed write, say), and a stand-in for sys.stderr holding
     what other threads than `owner` write to it."""
 
-    def __init__(self, stderr):
+    def __init__(self, stderr, all_threads: bool = False):
         super().__init__()
+        self.all_threads = all_threads
         self.lock = threading.Lock()
         self.records: list[logging.LogRecord] = []
         self.text: list[str] = []
@@ -103,7 +158,7 @@ class _HeldOutput(logging.Filter):
     # -- logging.Filter
     def filter(self, record: logging.LogRecord) -> bool:
         other_thread = record.thread != self.owner and record.levelno >= logging.WARNING
-        if getattr(record, _PASS, False) or not (_from_orbax(record) or other_thread):
+        if getattr(record, _PASS, False) or not (_from_orbax(record) or _orbax_task(record) or other_thread):
             return True
         with self.lock:
             if self.details is not None:
@@ -114,7 +169,7 @@ class _HeldOutput(logging.Filter):
 
     # -- the sys.stderr stand-in
     def write(self, s: str) -> int:
-        if threading.get_ident() == self.owner:
+        if threading.get_ident() == self.owner and not self.all_threads:
             return self.real.write(s)
         with self.lock:
             if self.details is not None:
@@ -152,15 +207,17 @@ _held: Optional[_HeldOutput] = None
 _install_lock = threading.Lock()
 
 
-def hold() -> bool:
+def hold(all_threads: bool = False) -> bool:
     """From now until release() (or for good, after a failed save): what other threads print,
     and unraisable-exception reports, are held back (a save is in flight, or a restore reads).
+    all_threads: the calling thread's writes to sys.stderr too (a restore, during which the
+    caller prints nothing of its own, while a failed read's callbacks may print from it).
     Returns False when a hold was in place already (then its owner releases it)."""
     global _held
     with _install_lock:
         if _held is not None:
             return False
-        _held = _HeldOutput(sys.stderr)
+        _held = _HeldOutput(sys.stderr, all_threads)
         logging.getLogger("absl").addFilter(_held)
         for handler in _handlers():
             handler.addFilter(_held)
@@ -246,18 +303,27 @@ def drop(error_text: str) -> Optional[str]:
     printing any of it. Returns the file's path (None if it could not be written or nothing
     was held)."""
     global _leftovers
-    if _held is None:
+    held = _held
+    if held is None:
         return None
     gc.collect()
-    held = _uninstall()
     with held.lock:
         text = _held_text(held)
         held.records, held.text = [], []
     path = _write_temp("jaxmodels-restore-failed-", text + error_text)
     if path is not None:
+        # Hand over before the hold ends: the read's threads may print at any moment.
         _leftovers = path
-        if sys.unraisablehook is sys.__unraisablehook__:
-            sys.unraisablehook = _unraisable_hook
+        logging.getLogger("asyncio").addFilter(_leftover_records)  # once: a filter is added only once
+        if held.real_hook is sys.__unraisablehook__:
+            held.real_hook = _unraisable_hook
+        if not isinstance(held.real, _LeftoverStderr):
+            held.real = _LeftoverStderr(held.real)
+    _uninstall()
+    with held.lock:
+        late = _held_text(held)
+    if late and path is not None:
+        _append_leftover(late)
     return path
 
 
