@@ -66,7 +66,7 @@ def main() -> int:
         setup = make_setup(task, cfg)
         mesh = make_mesh(cfg.mesh)
         rep, split = shardings(mesh)
-        step = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train, setup.trainable), mesh)
+        step = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train, setup.trainable, mesh), mesh)
         state = fresh_state(task, cfg, setup, rep)
         batch = synthetic_batch(task.abstract_batch(int(cfg.train.batch_size)), split)
         compiled = step.lower(state, batch).compile(compiler_options=_options(options) or None)

@@ -31,7 +31,7 @@ from jaxmodels.train.build import fresh_state, make_setup
 from jaxmodels.train.step import jit_train_step, make_mesh, make_train_step, shardings
 cfg = load_config({config!r}, {overrides!r})
 task = build_task(cfg); setup = make_setup(task, cfg); mesh = make_mesh(cfg.mesh); rep, split = shardings(mesh)
-step = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train, setup.trainable), mesh)
+step = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train, setup.trainable, mesh), mesh)
 state = fresh_state(task, cfg, setup, rep); batch = synthetic_batch(task.abstract_batch(int(cfg.train.batch_size)), split)
 c = step.lower(state, batch).compile()
 for _ in range(2): state, _ = c(state, batch); jax.block_until_ready(state)

@@ -75,7 +75,9 @@ def main(argv=None) -> int:
     try:
         args, cfg = parse(argv, __doc__)
         from jaxmodels.train.distributed import initialize
-        initialize(args.coordinator, args.num_processes, args.process_id)  # before any device is touched
+        if not initialize(args.coordinator, args.num_processes, args.process_id):  # before any device is touched
+            from jaxmodels.train.cpu_devices import configure
+            configure(cfg)  # on a CPU: one device per core (train/cpu_devices.py)
         workdir = args.workdir or cfg.train.get("workdir", "") or default_workdir(args.config)
         created = not os.path.exists(workdir)
         from jaxmodels.train.loop import train

@@ -24,13 +24,16 @@ def synthetic_batch(abstract: dict, sharding=None) -> dict:
 
 
 def benchmark(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, real_data: bool = False) -> dict:
-    """Runs warmup + steps train steps; returns timings (each step timed to completion)."""
+    """Runs warmup + steps train steps; returns timings (each step timed to completion).
+    As launch.train: on a CPU whose backend has not started yet, one device per core."""
+    from jaxmodels.train.cpu_devices import configure
+    configure(cfg)
     task = build_task(cfg)
     setup = make_setup(task, cfg)
     plan = make_plan(cfg, setup.abstract_state)
     mesh, split = plan.mesh, plan.batch
     step_fn = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train,
-                                             setup.trainable), mesh, plan.state)
+                                             setup.trainable, mesh), mesh, plan.state)
     state = fresh_state(task, cfg, setup, plan.state)
     batch_size = int(cfg.train.batch_size)
     abstract = task.abstract_batch(batch_size)
@@ -73,6 +76,6 @@ def benchmark(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, 
         f"{task.unit}_per_s": examples_per_s * float(task.units_per_example()),
         "model_flops_per_s": fpe * examples_per_s,
         "peak_flops_per_s": peak,
-        "mfu": flops_lib.mfu(fpe, examples_per_s, peak, n_dev),
+        "mfu": flops_lib.mfu(fpe, examples_per_s, peak, flops_lib.peak_units(mesh)),
         "loss": float(metrics["loss"]),
     }

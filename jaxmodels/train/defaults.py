@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Device mesh (jaxmodels/train/mesh.py): data x fsdp x tensor devices; one size may be -1
     # (the remaining devices). The batch splits over data*fsdp; fsdp also splits params and
     # optimizer state (leaves of at least fsdp_min_size elements); tensor splits heads / MLP width.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, fsdp_min_size=1024))
+    # On a CPU, launch.train makes each core a device (cpu_devices: 0 = one per core, 1 = off,
+    # N = at most N; jaxmodels/train/cpu_devices.py), so data=-1 runs data parallel over the cores.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, fsdp_min_size=1024, cpu_devices=0))
     c.init_from = ""            # pretrained checkpoint: a launch.convert output or HF folder
     return c

@@ -102,6 +102,14 @@ def peak_flops(device=None, dtype: str = "float32") -> Optional[float]:
     return None
 
 
+def peak_units(mesh) -> int:
+    """How many times peak_flops the mesh has: its device count, except on a CPU, whose devices
+    (train/cpu_devices.py: one per core) share the one machine cpu_peak_flops measured."""
+    if mesh is None or mesh.devices.flat[0].platform == "cpu":
+        return 1
+    return int(mesh.size)
+
+
 def mfu(flops_per_example: float, examples_per_s: float, peak: Optional[float],
         n_devices: int = 1) -> Optional[float]:
     """Model FLOPs utilization over n_devices; None when FLOPs or the peak are unknown."""

@@ -169,7 +169,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     state_sharding = replicated if plan.state is None else plan.state
     if mesh is not None:
         print(describe(plan, setup.abstract_state), flush=True)
-    jitted = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, tc, setup.trainable), mesh,
+    jitted = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, tc, setup.trainable, mesh), mesh,
                             plan.state)
     abstract_batch = task.abstract_batch(batch_size)
     abstract_state = abstract_with_sharding(setup.abstract_state, state_sharding)
@@ -218,7 +218,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str, stop: StopFlag) -> dict
     eval_step = make_eval_step(task, mesh, plan.params)
     units_per_batch = batch_size * float(task.units_per_example())
     flops_per_example = float(task.flops_per_example())
-    n_devices = 1 if mesh is None else mesh.size
+    n_devices = flops_lib.peak_units(mesh)
     peak = None
     if flops_per_example > 0:
         dtype = str(cfg.model.get("dtype", "float32")) if "model" in cfg else "float32"

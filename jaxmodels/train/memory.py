@@ -186,7 +186,7 @@ def estimate(cfg: ml_collections.ConfigDict, task=None) -> MemoryReport:
     setup = make_setup(task, cfg)
     plan = make_plan(cfg, setup.abstract_state)  # on a mesh: every number is per device
     step = jit_train_step(make_train_step(task, setup.optimizer, setup.schedule, cfg.train,
-                                          setup.trainable), plan.mesh, plan.state)
+                                          setup.trainable, plan.mesh), plan.mesh, plan.state)
     state = abstract_with_sharding(setup.abstract_state, plan.replicated if plan.state is None else plan.state)
     batch = abstract_with_sharding(task.abstract_batch(int(cfg.train.batch_size)), plan.batch)
     report, _ = analyze(step, state, batch, cfg.memory.budget_gb)

@@ -12,6 +12,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxmodels.config import ConfigError
+from jaxmodels.train import data_parallel
 from jaxmodels.train.state import TrainState, ema_decay_at, update_ema
 
 PyTree = Any
@@ -75,11 +76,15 @@ def _join_micro(x: jax.Array) -> jax.Array:
 
 
 def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Callable,
-                    train_cfg: ml_collections.ConfigDict, trainable: Optional[PyTree] = None) -> Callable:
+                    train_cfg: ml_collections.ConfigDict, trainable: Optional[PyTree] = None,
+                    mesh: Optional[Mesh] = None) -> Callable:
     """Returns the un-jitted `train_step(state, batch) -> (state, metrics)`.
 
     Gradients are taken only w.r.t. trainable leaves (frozen ones, e.g. quantized LoRA bases,
     may be integers) and accumulated over train.micro_batches micro-batches by lax.scan.
+    On a mesh that only splits the batch (data_parallel.is_pure_data), each device takes the
+    gradient of its own rows (its micro-batches are slices of those) and one weighted
+    all-reduce combines them; jit it with the same mesh (jit_train_step).
     """
     k = int(train_cfg.micro_batches)
     batch_size = int(train_cfg.batch_size)
@@ -140,11 +145,13 @@ def make_train_step(task, optimizer: optax.GradientTransformation, schedule: Cal
             aux["carry"] = jax.tree.map(_join_micro, carries)
         return loss_s / total, aux, jax.tree.map(lambda g: g / total, grads_s)
 
+    grads_of = data_parallel.per_device_grads(accumulated, mesh) if data_parallel.is_pure_data(mesh) else accumulated
+
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         if state.carry is not None:  # task.carry_state: each row continues from its last window
             batch = {**batch, "carry": state.carry}
-        loss, aux, train_grads = accumulated(state.params, batch, rng)
+        loss, aux, train_grads = grads_of(state.params, batch, rng)
         new_carry = aux.pop("carry", None)
         grads = expand(state.params, train_grads)
         fused = getattr(optimizer, "apply_to_params", None)
@@ -208,10 +215,16 @@ def jit_train_step(train_step: Callable, mesh: Optional[Mesh] = None, state_shar
 
 
 def make_eval_step(task, mesh: Optional[Mesh] = None, params_sharding=None) -> Callable:
-    """Jitted `eval_step(params, batch) -> (loss, aux)` with train=False and a fixed rng."""
-    def eval_step(params, batch):
-        loss, aux = task.loss(params, batch, jax.random.PRNGKey(0), train=False)
+    """Jitted `eval_step(params, batch) -> (loss, aux)` with train=False and a fixed rng
+    (per device on a mesh that only splits the batch, as the train step)."""
+    def eval_loss(params, batch, rng):
+        loss, aux = task.loss(params, batch, rng, train=False)
         return jnp.asarray(loss, jnp.float32), {n: jnp.asarray(v, jnp.float32) for n, v in aux.items()}
+    if data_parallel.is_pure_data(mesh):
+        eval_loss = data_parallel.per_device_eval(eval_loss, mesh)
+
+    def eval_step(params, batch):
+        return eval_loss(params, batch, jax.random.PRNGKey(0))
     if mesh is None:
         return jax.jit(eval_step)
     replicated, split = shardings(mesh)

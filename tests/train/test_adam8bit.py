@@ -91,7 +91,9 @@ def _rows(workdir):
 
 
 def test_exact_resume_after_kill_9_with_8bit_state(tmp_path):
-    overrides = ["optim.kind=adamw8bit", "train.eval_every=0"]
+    # One device in both processes (launch.train would give a CPU one per core): this is
+    # about the 8-bit state; test_resume_lm resumes the data-parallel step.
+    overrides = ["optim.kind=adamw8bit", "train.eval_every=0", "mesh.cpu_devices=1"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     train(load_config(TOY_CONFIG, overrides), straight)
     proc = subprocess.run([sys.executable, "-c", KILL_AT_15, "--config", TOY_CONFIG, "--workdir", killed,
@@ -230,7 +232,7 @@ def test_exact_resume_after_kill_9_with_a_sliced_leaf(tmp_path, monkeypatch):
     and resumed from step 10, the losses and params equal the straight run's."""
     spec = os.path.join(ROOT, "configs", "gpt_shakespeare_char.py:smoke")
     overrides = ["data.max_bytes=20000", "train.eval_every=0", "optim.kind=adamw8bit",
-                 "optim.param_dtype=bfloat16"]
+                 "optim.param_dtype=bfloat16", "mesh.cpu_devices=1"]
     monkeypatch.setattr(adam8bit, "CHUNK", 1024)
     assert adam8bit._chunk_size(jax.ShapeDtypeStruct((256, 32), jnp.float32)) == 1024
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")

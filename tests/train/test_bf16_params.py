@@ -89,7 +89,8 @@ def test_exact_resume_after_kill_9_with_bf16_params(tmp_path):
     from tests.train.test_resume_lm import KILL_AT_15, _losses
     from tests.train.util import ROOT, TOY_CONFIG, bit_identical
 
-    overrides = ["optim.kind=adamw8bit", "optim.param_dtype=bfloat16", "train.eval_every=0"]
+    overrides = ["optim.kind=adamw8bit", "optim.param_dtype=bfloat16", "train.eval_every=0",
+                 "mesh.cpu_devices=1"]  # one device in both processes, as the in-process runs
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     train(load_config(TOY_CONFIG, overrides), straight)
     proc = subprocess.run([sys.executable, "-c", KILL_AT_15, "--config", TOY_CONFIG, "--workdir", killed,

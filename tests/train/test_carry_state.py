@@ -71,7 +71,8 @@ def test_exact_resume_after_kill_9_with_carried_state(tmp_path):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     train(load_config(SPEC, CARRY), straight)
     proc = subprocess.run([sys.executable, "-c", KILL_AT_15, "--config", SPEC, "--workdir", killed,
-                           *[f"--config.{o}" for o in CARRY]], cwd=ROOT, capture_output=True, text=True)
+                           *[f"--config.{o}" for o in CARRY], "--config.mesh.cpu_devices=1"],  # as in-process
+                          cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert Checkpointer(killed).all_steps() == [10]
     train(load_config(SPEC, CARRY), killed)

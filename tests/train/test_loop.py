@@ -31,7 +31,7 @@ def _val_losses(workdir):
 
 def _launch(workdir, *extra):
     cmd = [sys.executable, "-m", "launch.train", "--config", TOY_CONFIG + ":ema", "--workdir", str(workdir),
-           f"--config.train.steps={STEPS}", *extra]
+           f"--config.train.steps={STEPS}", "--config.mesh.cpu_devices=1", *extra]  # as the in-process runs
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-from jaxmodels.config import load_config
 from jaxmodels.train.checkpoint import Checkpointer, load_params
-from jaxmodels.train.loop import train
 from jaxmodels.train.metrics import read_metrics
 from tests.train.util import ROOT, bit_identical
 
@@ -44,16 +42,25 @@ def _losses(workdir):
     return [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
 
 
+def _launch(spec: str, workdir: str, program: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *program, "--config", spec + ":smoke", "--workdir", workdir,
+                           *[f"--config.{o}" for o in OVERRIDES]], cwd=ROOT, capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("name", SMOKE_CONFIGS)
 def test_smoke_exact_resume_after_kill_9(tmp_path, name):
+    # All three runs go through launch.train, as a user's do: on a CPU with two or more
+    # cores that is the data-parallel step over one device per core (train/cpu_devices.py),
+    # whose resume must be as exact as one device's (the in-process runs of test_loop).
     SPEC = os.path.join(ROOT, "configs", f"{name}.py")
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    train(load_config(SPEC + ":smoke", OVERRIDES), straight)
-    proc = subprocess.run([sys.executable, "-c", KILL_AT_15, "--config", SPEC + ":smoke", "--workdir", killed,
-                           *[f"--config.{o}" for o in OVERRIDES]], cwd=ROOT, capture_output=True, text=True)
+    proc = _launch(SPEC, straight, ["-m", "launch.train"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _launch(SPEC, killed, ["-c", KILL_AT_15])
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert Checkpointer(killed).all_steps() == [10]
-    train(load_config(SPEC + ":smoke", OVERRIDES), killed)
+    proc = _launch(SPEC, killed, ["-m", "launch.train"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert _losses(killed) == _losses(straight) and len(_losses(straight)) >= 4
     assert bit_identical(load_params(straight)[1], load_params(killed)[1])
     train_losses = [loss for _, loss, _ in _losses(straight) if loss is not None]
