@@ -32,7 +32,7 @@ def get_config(arg=None):
     # DiT-S (384 wide, 12 deep, 6 heads) with 4x4 patches on 32x32 RGB: 64 tokens.
     c.model = dict(name="dit", size="dit-s/4", input_size=32, in_channels=3,
                    num_classes=glyphs.NUM_CLASSES, class_dropout=0.1, learn_sigma=True,
-                   dtype="float32", remat="dots_with_no_batch_dims_saveable", scan_layers=True)
+                   dtype="float32", remat="dots_with_no_batch_dims_saveable", scan_layers="auto")
     # 25 DDIM steps per grid (as the CPU recipe and the README grids): on a busy 2-core CPU
     # the first grid (64 samples with CFG: 25 forwards of 128 images) then takes ~3-4 min.
     c.task = diffusion_task_config(schedule="linear", num_timesteps=1000, prediction="eps",

@@ -84,6 +84,11 @@ def as_on_a_gpu(cfg) -> str:
     if not CPU_HOST or kernels is None:
         return ""
     notes = []
+    model = cfg.get("model", None)
+    if model is not None and str(model.get("scan_layers", "")).lower() == "auto":
+        with model.ignore_type():
+            model.scan_layers = True
+        notes.append("model.scan_layers=auto is the layer loop there (on this CPU host it would be unrolled)")
     for op, why in _CPU_ONLY_AUTO:
         if kernels.get(op, "auto") == "auto":
             kernels[op] = "xla"

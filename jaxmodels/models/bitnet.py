@@ -46,7 +46,7 @@ from jaxmodels.layers.bitlinear import BitLinear
 from jaxmodels.layers.dense import linear, project_out
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.rope import apply_rope, rope_cos_sin, rope_inv_freq
-from jaxmodels.layers.stack import scan_blocks
+from jaxmodels.layers.stack import layer_unroll, scan_blocks
 
 QUANT_KINDS = ("b1.58", "none")
 ACTIVATIONS = ("relu2", "silu")
@@ -224,7 +224,7 @@ class BitNet(nn.Module):
         embed_VD = self.param("embed", nn.initializers.normal(cfg.init_std), (cfg.vocab_size, cfg.dim),
                               jnp.float32)
         x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(dtype)
-        unroll = 1 if cfg.scan_layers else cfg.n_layers
+        unroll = layer_unroll(cfg.scan_layers, cfg.n_layers)
         if decode_state is None:
             blocks = scan_blocks(Block, cfg.n_layers, cfg.remat, unroll=unroll, name="layers", cfg=cfg)
             x_BTD, _ = blocks(x_BTD)

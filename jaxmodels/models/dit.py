@@ -25,7 +25,7 @@ Call: model.apply({"params": p}, x_NHWC, t_N, cond, train=False, rngs={"dropout"
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -38,7 +38,7 @@ from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.embeddings import TimestepEmbedder, sincos_2d
 from jaxmodels.layers.mha import MultiHeadAttention
 from jaxmodels.layers.mlp import GeluMLP
-from jaxmodels.layers.stack import scan_blocks
+from jaxmodels.layers.stack import layer_unroll, scan_blocks, scans
 
 XAVIER = nn.initializers.xavier_uniform()
 ZEROS = nn.initializers.zeros
@@ -72,7 +72,7 @@ class Config:
     encoder_heads: int = 4
     dtype: str = "float32"        # compute dtype; params stay f32
     remat: str = "none"           # jaxmodels.layers.stack.REMAT_POLICIES
-    scan_layers: bool = True
+    scan_layers: Union[bool, str] = "auto"  # auto: unrolled on a CPU (layers/stack.layer_unroll)
     adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
 
@@ -185,7 +185,8 @@ class DiT(nn.Module):
             drop = drop_mask(self, cond, N, cfg.caption_dropout, train)
             y, y_mask = CaptionEmbedder(
                 cfg.text_encoder, cfg.text_len, D, cfg.encoder_width, cfg.encoder_depth,
-                cfg.encoder_heads, cfg.remat, cfg.scan_layers, dtype=dtype, name="y_embedder")(cond, drop)
+                cfg.encoder_heads, cfg.remat, scans(cfg.scan_layers) is not False, dtype=dtype,
+                name="y_embedder")(cond, drop)  # the text encoder's layout follows scan_layers; auto scans it
             c = t_emb
         elif cfg.conditioning == "none":
             c = t_emb
@@ -197,7 +198,7 @@ class DiT(nn.Module):
                          name="t_block")(nn.silu(t_emb)) if text else c)
         kwargs = dict(num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, text=text, dtype=dtype)
         # scan_layers=False unrolls the same scan (stacked params either way), as GPT does.
-        unroll = 1 if cfg.scan_layers else cfg.depth
+        unroll = layer_unroll(cfg.scan_layers, cfg.depth)
         x, _ = scan_blocks(DiTBlock, cfg.depth, cfg.remat, name="blocks", unroll=unroll,
                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                            **kwargs)(x, block_c, y, y_mask)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -30,7 +30,7 @@ from jaxmodels.layers.lm_head import lm_head
 from jaxmodels.layers.mlp import GELU_KINDS, GeluMLP
 from jaxmodels.layers.moe import MoE, MoEFields, moe_ffn_params, moe_stack
 from jaxmodels.layers.norms import LayerNorm
-from jaxmodels.layers.stack import REMAT_POLICIES
+from jaxmodels.layers.stack import REMAT_POLICIES, layer_unroll
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -47,7 +47,8 @@ class Config(MoEFields):   # moe_* fields: jaxmodels.layers.moe (GELU experts, 4
     gelu: str = "tanh"              # "tanh" (HF gpt2's gelu_new, minGPT) | "exact" (nanoGPT)
     dtype: str = "float32"          # compute dtype: "float32" | "bfloat16"
     remat: str = "none"             # jaxmodels.layers.stack.REMAT_POLICIES
-    scan_layers: bool = True        # False unrolls the layer loop (same param layout)
+    scan_layers: Union[bool, str] = "auto"  # False unrolls the layer loop (same param layout);
+                                            # auto: unrolled on a CPU (layers/stack.layer_unroll)
     adapters: Any = None          # LoRA / QLoRA / state tuning (jaxmodels.layers.adapters)
 
     def __post_init__(self):
@@ -194,7 +195,7 @@ class GPT(nn.Module):
         x_BTC = jnp.take(wte_VC, tokens_BT, axis=0) + jnp.take(wpe_PC, pos_T, axis=0)[None]
         x_BTC = Dropout(cfg.dropout)(x_BTC, deterministic=not train)
 
-        unroll = 1 if cfg.scan_layers else cfg.n_layer
+        unroll = layer_unroll(cfg.scan_layers, cfg.n_layer)
         if decode_state is None:
             blocks = moe_stack(Block, cfg.n_layer, cfg, cfg.remat, unroll=unroll, name="h",
                                cfg=cfg, deterministic=not train)

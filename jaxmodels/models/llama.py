@@ -36,6 +36,7 @@ from jaxmodels.layers.mlp import SwiGLUMLP
 from jaxmodels.layers.moe import MoE, MoEFields, moe_ffn_params, moe_stack
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.rope import ROPE_TYPES, apply_rope, rope_cos_sin, rope_inv_freq
+from jaxmodels.layers.stack import layer_unroll
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "head")
 
@@ -261,7 +262,7 @@ class Llama(nn.Module):
             embed_VD = jax.lax.stop_gradient(embed_VD)
         x_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(dtype)
         start = jnp.zeros((), jnp.int32) if pos is None else jnp.asarray(pos, jnp.int32)
-        unroll = 1 if cfg.scan_layers else cfg.n_layers
+        unroll = layer_unroll(cfg.scan_layers, cfg.n_layers)
         if decode_state is None:
             blocks = moe_stack(Block, cfg.n_layers, cfg, cfg.remat, unroll=unroll, name="layers",
                                cfg=cfg, deterministic=not train)
