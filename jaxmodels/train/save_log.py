@@ -81,7 +81,7 @@ def _from_orbax(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or "")
 
 
-def _orbax_task(record: logging.LogRecord) -> bool:
+def _abandoned_read(record: logging.LogRecord) -> bool:
     """asyncio's "... exception was never retrieved" (a Task, Future or gather of a failed
     read, finalised by the garbage collector): one damaged file fails every read waiting on
     it, and only the first error is the one raised. asyncio runs only Orbax's reads here."""
@@ -101,7 +101,7 @@ class _LeftoverRecords(logging.Filter):
     report goes to that read's details file (as `_leftover` does for unraisables)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _leftovers is None or not _orbax_task(record):
+        if _leftovers is None or not _abandoned_read(record):
             return True
         _append_leftover(logging.Formatter().format(record) + "\n")
         return False
@@ -158,7 +158,7 @@ class _HeldOutput(logging.Filter):
     # -- logging.Filter
     def filter(self, record: logging.LogRecord) -> bool:
         other_thread = record.thread != self.owner and record.levelno >= logging.WARNING
-        if getattr(record, _PASS, False) or not (_from_orbax(record) or _orbax_task(record) or other_thread):
+        if getattr(record, _PASS, False) or not (_from_orbax(record) or _abandoned_read(record) or other_thread):
             return True
         with self.lock:
             if self.details is not None:

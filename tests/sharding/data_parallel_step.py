@@ -13,29 +13,11 @@ import sys
 assert "xla_force_host_platform_device_count=2" in os.environ.get("XLA_FLAGS", ""), "set XLA_FLAGS first"
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from jaxmodels.config import load_config  # noqa: E402
-from jaxmodels.tasks import build_task  # noqa: E402
-from jaxmodels.train.build import fresh_state, make_setup  # noqa: E402
+from jaxmodels.train.build import fresh_state  # noqa: E402
 from jaxmodels.train.sharding import make_plan  # noqa: E402
 from jaxmodels.train.step import jit_train_step, make_eval_step, make_train_step  # noqa: E402
-
-
-def _max_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _setup(spec, overrides):
-    cfg = load_config(spec, overrides + ["mesh.data=1"])
-    task = build_task(cfg)
-    setup = make_setup(task, cfg)
-    n = int(cfg.train.batch_size)
-    abstract = task.abstract_batch(n)
-    batch = {k: np.asarray(v, abstract[k].dtype)
-             for k, v in next(iter(task.dataset("train", n, int(cfg.train.seed)))).items()}
-    return cfg, task, setup, batch
+from tests.sharding.mesh_step import _max_diff, one_device_setup  # noqa: E402
 
 
 def _dp(cfg, task, setup, state0, batch):
@@ -53,7 +35,7 @@ def _dp(cfg, task, setup, state0, batch):
 
 def deterministic(spec, overrides) -> dict:
     """A loss without randomness: the data-parallel step is the single-device step."""
-    cfg, task, setup, batch = _setup(spec, overrides)
+    cfg, task, setup, batch = one_device_setup(spec, overrides)
     state0 = jax.device_get(fresh_state(task, cfg, setup))
     single = make_train_step(task, setup.optimizer, setup.schedule, cfg.train, setup.trainable)
     ref, ref_metrics = jit_train_step(single)(jax.device_put(state0), batch)
@@ -72,7 +54,7 @@ def random_loss(spec, overrides) -> dict:
     """A loss that draws noise: each device its own stream (the step's key folded with the
     device's index), so the loss is the mean of the two halves' single-device losses under
     those keys, and differs from the loss with both halves on one key."""
-    cfg, task, setup, batch = _setup(spec, overrides)
+    cfg, task, setup, batch = one_device_setup(spec, overrides)
     state0 = jax.device_get(fresh_state(task, cfg, setup))
     _, metrics, _, _ = _dp(cfg, task, setup, state0, batch)
     rng = jax.random.fold_in(state0.rng, state0.step)

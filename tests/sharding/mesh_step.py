@@ -36,7 +36,8 @@ def _shard_shapes(tree) -> dict:
     return {path_str(p): list(x.addressable_shards[0].data.shape) for p, x in flat}
 
 
-def main(spec: str, overrides: list[str]) -> dict:
+def one_device_setup(spec: str, overrides: list[str]):
+    """(cfg on one device, task, setup, the first train batch as host arrays)."""
     cfg = load_config(spec, overrides + ["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"])
     task = build_task(cfg)
     setup = make_setup(task, cfg)
@@ -44,6 +45,11 @@ def main(spec: str, overrides: list[str]) -> dict:
     abstract = task.abstract_batch(batch_size)
     batch = {k: np.asarray(v, abstract[k].dtype)
              for k, v in next(iter(task.dataset("train", batch_size, int(cfg.train.seed)))).items()}
+    return cfg, task, setup, batch
+
+
+def main(spec: str, overrides: list[str]) -> dict:
+    cfg, task, setup, batch = one_device_setup(spec, overrides)
     step = make_train_step(task, setup.optimizer, setup.schedule, cfg.train, setup.trainable)
     state0 = jax.device_get(fresh_state(task, cfg, setup))
     ref, ref_metrics = jit_train_step(step)(jax.device_put(state0), batch)
