@@ -8,7 +8,6 @@ with the single-device ones, and what the compiled data-parallel step communicat
 """
 import json
 import os
-import sys
 
 assert "xla_force_host_platform_device_count=2" in os.environ.get("XLA_FLAGS", ""), "set XLA_FLAGS first"
 
