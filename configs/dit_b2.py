@@ -10,7 +10,8 @@ multiplied by the SD-VAE factor 0.18215 (data.latent_scale). Nothing is download
 
 DiT recipe: AdamW lr 1e-4 constant, no weight decay, batch 256, EMA 0.9999, learned sigma,
 linear schedule with T = 1000, class dropout 0.1 (for CFG). On a 12 GB card: bf16 compute,
-params/optimizer in f32, blocks rematerialised (`nothing_saveable`) under nn.scan.
+params/optimizer in f32, blocks rematerialised (`nothing_saveable`) under nn.scan (scan_layers="auto":
+the loop on a GPU, unrolled on a CPU).
 Encode an image folder with `python -m launch.encode --images DIR --vae VAE --out LATENTS`
 and train with --config.data.path=LATENTS --config.data.vae=VAE: samples then decode to PNG.
 :cpu trains a CPU-sized DiT on such latents (16x16x4); :smoke is a 10-step check of the path.
@@ -28,7 +29,7 @@ def get_config(arg=None):
         raise ConfigError(f"unknown variant {arg!r} of dit_b2.py; valid: {', '.join(VARIANTS)}")
     c = base_config()
     c.model = dict(name="dit", size="dit-b/2", num_classes=1000, class_dropout=0.1, learn_sigma=True,
-                   dtype="bfloat16", remat="nothing_saveable", scan_layers=True)
+                   dtype="bfloat16", remat="nothing_saveable", scan_layers="auto")
     c.task = diffusion_task_config(schedule="linear", num_timesteps=1000, prediction="eps",
                                    cfg_scale=4.0, sampler="ddim", sample_steps=50, eval_samples=64,
                                    eval_judge=False)

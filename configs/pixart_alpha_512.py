@@ -38,7 +38,7 @@ def get_config(arg=None):
     c = base_config()
     c.model = dict(name="dit", size="pixart-xl/2", input_size=64, text_encoder="precomputed", text_len=T5_LEN,
                    text_dim=T5_DIM, caption_dropout=0.1, learn_sigma=True, dtype="bfloat16",
-                   remat="nothing_saveable", scan_layers=True)
+                   remat="nothing_saveable", scan_layers="auto")
     c.task = diffusion_task_config(schedule="linear", num_timesteps=1000, prediction="eps", cfg_scale=4.5,
                                    sampler="ddim", sample_steps=50, eval_samples=16, eval_judge=False)
     c.data = image_data_config(source="arrays", path="data/pixart512", image_size=64, channels=4, text=True,

@@ -31,7 +31,7 @@ def get_config(arg=None):
     c.model = dict(name="dit", size="pixart-s/2", patch_size=4, input_size=32, in_channels=3,
                    conditioning="text", text_encoder="bytes", text_len=CAPTION_LEN, caption_dropout=0.1,
                    encoder_width=256, encoder_depth=4, encoder_heads=4, learn_sigma=True,
-                   dtype="float32", remat="none", scan_layers=True)
+                   dtype="float32", remat="none", scan_layers="auto")
     c.task = diffusion_task_config(schedule="linear", num_timesteps=1000, prediction="eps",
                                    cfg_scale=4.0, sampler="ddim", sample_steps=50, eval_samples=64)
     c.data = image_data_config(text=True, caption_len=CAPTION_LEN)
