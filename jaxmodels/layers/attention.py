@@ -147,10 +147,13 @@ def attention_einsum(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
     return out_BTKGD.reshape(B, T, H, D).astype(q_BTHD.dtype)
 
 
-def init_kv_cache(batch: int, max_len: int, kv_heads: int, head_dim: int,
-                  dtype=jnp.float32) -> dict:
-    """An empty per-layer KV cache: {"k", "v"} of shape [B, max_len, K, D]."""
-    shape = (batch, max_len, kv_heads, head_dim)
+def init_stacked_kv_cache(n_layers: int, batch: int, max_len: int, model_max_len: int, kv_heads: int,
+                          head_dim: int, dtype=jnp.float32) -> dict:
+    """An empty KV cache for a scanned layer stack: {"k", "v"} of shape
+    [n_layers, B, max_len, K, D]; refuses a max_len past the model's trained context."""
+    if max_len > model_max_len:
+        raise ValueError(f"max_len={max_len} exceeds the model's max_len={model_max_len}")
+    shape = (n_layers, batch, max_len, kv_heads, head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 

@@ -14,6 +14,17 @@ from jaxmodels.layers.text_encoder import PAD_ID, TextEncoder, WordTextEncoder
 
 # bytes: one token per byte; words: the same bytes, one token per word; precomputed: T5 / CLIP states.
 TEXT_ENCODERS = ("bytes", "words", "precomputed")
+# What a diffusion backbone is conditioned on (beside the timestep).
+CONDITIONINGS = ("class", "text", "none")
+
+
+def check_conditioning(family: str, conditioning: str, text_encoder: str) -> None:
+    """A one-line ConfigError naming the valid values, for a backbone config's conditioning
+    and text_encoder fields (family: "dit", "unet", for the message)."""
+    if conditioning not in CONDITIONINGS:
+        raise ConfigError(f"unknown {family} conditioning {conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
+    if text_encoder not in TEXT_ENCODERS:
+        raise ConfigError(f"unknown {family} text_encoder {text_encoder!r}; valid: {', '.join(TEXT_ENCODERS)}")
 
 
 class CaptionEmbedder(nn.Module):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers import adapters
-from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
+from jaxmodels.layers.attention import attention, init_stacked_kv_cache, update_kv_cache
 from jaxmodels.layers.bitlinear import BitLinear
 from jaxmodels.layers.dense import linear, project_out
 from jaxmodels.layers.norms import RMSNorm
@@ -248,10 +248,8 @@ class BitNet(nn.Module):
     def init_decode_state(self, batch: int, max_len: int, dtype=None) -> dict:
         """An empty KV cache {"k", "v"}: [n_layers, batch, max_len, n_kv_heads, head_dim] each."""
         cfg = self.cfg
-        if max_len > cfg.max_len:
-            raise ValueError(f"max_len={max_len} exceeds the model's max_len={cfg.max_len}")
-        one = init_kv_cache(batch, max_len, cfg.n_kv_heads, cfg.dh, dtype or cfg.compute_dtype)
-        return jax.tree.map(lambda a: jnp.zeros((cfg.n_layers,) + a.shape, a.dtype), one)
+        return init_stacked_kv_cache(cfg.n_layers, batch, max_len, cfg.max_len, cfg.n_kv_heads, cfg.dh,
+                                     dtype or cfg.compute_dtype)
 
     @nn.nowrap
     def flops_per_token(self, seq_len: int) -> float:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
 from jaxmodels.layers import adapters
-from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
+from jaxmodels.layers.conditioning import CONDITIONINGS, CaptionEmbedder, check_conditioning, drop_mask
 from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.embeddings import TimestepEmbedder, sincos_2d
 from jaxmodels.layers.mha import MultiHeadAttention
@@ -97,7 +97,6 @@ SIZES["pixart-b/2"] = dict(input_size=32, patch_size=2, in_channels=4, condition
 SIZES["pixart-xl/2"] = dict(input_size=32, patch_size=2, in_channels=4, conditioning="text",
                             text_encoder="precomputed", text_len=120, text_dim=4096, **_DIT["xl"])
 
-CONDITIONINGS = ("class", "text", "none")
 
 
 def norm_modulate(x_BTD: jax.Array, shift_BD: jax.Array, scale_BD: jax.Array, dtype) -> jax.Array:
@@ -225,10 +224,7 @@ def make_config(cfg: Mapping[str, Any]) -> Config:
     from jaxmodels.models import sized_config
 
     config = sized_config(Config, SIZES, cfg, "dit")
-    if config.conditioning not in CONDITIONINGS:
-        raise ConfigError(f"unknown dit conditioning {config.conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
-    if config.text_encoder not in TEXT_ENCODERS:
-        raise ConfigError(f"unknown dit text_encoder {config.text_encoder!r}; valid: {', '.join(TEXT_ENCODERS)}")
+    check_conditioning("dit", config.conditioning, config.text_encoder)
     return config
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError, check_choice
 from jaxmodels.layers import adapters
-from jaxmodels.layers.attention import attention, init_kv_cache, update_kv_cache
+from jaxmodels.layers.attention import attention, init_stacked_kv_cache, update_kv_cache
 from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.dropout import Dropout
 from jaxmodels.layers.lm_head import lm_head
@@ -226,8 +226,8 @@ class GPT(nn.Module):
         if max_len > cfg.block_size:
             raise ValueError(f"max_len={max_len} exceeds the model's block_size={cfg.block_size} "
                              "(GPT-2 has no positions beyond it)")
-        one = init_kv_cache(batch, max_len, cfg.n_head, cfg.head_dim, dtype or cfg.compute_dtype)
-        return jax.tree.map(lambda a: jnp.zeros((cfg.n_layer,) + a.shape, a.dtype), one)
+        return init_stacked_kv_cache(cfg.n_layer, batch, max_len, cfg.block_size, cfg.n_head, cfg.head_dim,
+                                     dtype or cfg.compute_dtype)
 
     @nn.nowrap
     def flops_per_token(self, seq_len: int) -> float:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from jaxmodels.config import ConfigError
 from jaxmodels.layers import adapters
-from jaxmodels.layers.conditioning import TEXT_ENCODERS, CaptionEmbedder, drop_mask
+from jaxmodels.layers.conditioning import CONDITIONINGS, CaptionEmbedder, check_conditioning, drop_mask
 from jaxmodels.layers.conv_blocks import TORCH_INIT, AttnBlock, ResBlock, conv, group_norm
 from jaxmodels.layers.dense import Dense
 from jaxmodels.layers.embeddings import timestep_embedding
@@ -83,7 +83,6 @@ SIZES = {
                       encoder_width=32, encoder_depth=1, encoder_heads=2),
 }
 
-CONDITIONINGS = ("none", "class", "text")
 
 
 class UNet(nn.Module):
@@ -166,10 +165,7 @@ def make_config(cfg: Mapping[str, Any]) -> Config:
     from jaxmodels.models import sized_config
 
     config = sized_config(Config, SIZES, cfg, "unet")
-    if config.conditioning not in CONDITIONINGS:
-        raise ConfigError(f"unknown unet conditioning {config.conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
-    if config.text_encoder not in TEXT_ENCODERS:
-        raise ConfigError(f"unknown unet text_encoder {config.text_encoder!r}; valid: {', '.join(TEXT_ENCODERS)}")
+    check_conditioning("unet", config.conditioning, config.text_encoder)
     return config
 
 

@@ -35,6 +35,7 @@ from jaxmodels.data import images as image_data
 from jaxmodels.diffusion import losses, samplers
 from jaxmodels.diffusion import schedules as S
 from jaxmodels.diffusion.grid import save_grid
+from jaxmodels.layers.conditioning import CONDITIONINGS
 from jaxmodels.tasks.base import Task
 
 TASK_DEFAULTS = dict(
@@ -57,7 +58,6 @@ def sample_timesteps(rng: jax.Array, n: int, num_timesteps: int, kind: str = "un
         u = jax.nn.sigmoid(mean + std * jax.random.normal(rng, (n,)))
         return jnp.clip(jnp.floor(u * num_timesteps), 0, num_timesteps - 1).astype(jnp.int32)
     raise ConfigError(f"unknown task.timestep_sampling {kind!r}; valid: {', '.join(TIMESTEP_SAMPLINGS)}")
-CONDITIONINGS = ("class", "text", "none")
 
 
 def diffusion_task_config(**overrides):
