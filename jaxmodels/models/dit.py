@@ -98,7 +98,6 @@ SIZES["pixart-xl/2"] = dict(input_size=32, patch_size=2, in_channels=4, conditio
                             text_encoder="precomputed", text_len=120, text_dim=4096, **_DIT["xl"])
 
 
-
 def norm_modulate(x_BTD: jax.Array, shift_BD: jax.Array, scale_BD: jax.Array, dtype) -> jax.Array:
     """adaLN: LayerNorm(x) * (1 + scale) + shift per example, with DiT's parameter-free
     LayerNorm (eps 1e-6; the modulate in the activation dtype), through

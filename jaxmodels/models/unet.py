@@ -84,7 +84,6 @@ SIZES = {
 }
 
 
-
 class UNet(nn.Module):
     """The U-Net backbone; see the module docstring for the architecture and contract."""
     cfg: Config

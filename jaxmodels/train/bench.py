@@ -23,9 +23,10 @@ def synthetic_batch(abstract: dict, sharding=None) -> dict:
     return {k: one(v) for k, v in abstract.items()}
 
 
-def benchmark(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, real_data: bool = False) -> dict:
-    """Runs warmup + steps train steps; returns timings (each step timed to completion).
-    As launch.train: on a CPU whose backend has not started yet, one device per core."""
+def prepare(cfg: ml_collections.ConfigDict, real_data: bool = False):
+    """The compiled-on-first-call train step of a config as launch.train builds it (on a CPU
+    whose backend has not started yet, one device per core), a fresh state and a batch source.
+    Returns (task, mesh, step_fn, state, next_batch)."""
     from jaxmodels.train.cpu_devices import configure
     configure(cfg)
     task = build_task(cfg)
@@ -45,7 +46,14 @@ def benchmark(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, 
             return fixed
         b = next(data)
         return {k: jnp.asarray(v, abstract[k].dtype) for k, v in b.items()}
+    return task, mesh, step_fn, state, next_batch
 
+
+def benchmark(cfg: ml_collections.ConfigDict, steps: int = 20, warmup: int = 3, real_data: bool = False) -> dict:
+    """Runs warmup + steps train steps; returns timings (each step timed to completion).
+    As launch.train: on a CPU whose backend has not started yet, one device per core."""
+    task, mesh, step_fn, state, next_batch = prepare(cfg, real_data)
+    batch_size = int(cfg.train.batch_size)
     t0 = time.perf_counter()
     state, metrics = step_fn(state, next_batch())
     jax.block_until_ready(metrics)
